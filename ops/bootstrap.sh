@@ -1,0 +1,47 @@
+#!/bin/sh
+# Prepare this machine for Nebula: the Debian packages it needs, a virtual
+# environment in .venv, and the project installed into it (editable).
+# Idempotent: a second run installs nothing new and takes a few seconds.
+#
+#   ops/bootstrap.sh            runtime + test dependencies
+set -eu
+
+cd "$(dirname "$0")/.."
+VENV="${NEBULA_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+
+# Debian packages: the Python toolchain for packages that compile, libvirt's
+# headers for libvirt-python, libvirtd + QEMU for compute nodes, and what the
+# nebula-tiny guest builder unpacks Debian's kernel and busybox with.
+DEBS="python3 python3-venv python3-dev gcc pkg-config libvirt-dev \
+libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+qemu-utils busybox-static cpio kmod zstd xz-utils"
+
+missing=""
+for p in $DEBS; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "bootstrap: needs root to apt-get install:$missing" >&2
+        exit 1
+    fi
+    echo "bootstrap: apt-get install$missing"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "bootstrap: creating $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+# Reinstall only when the project's metadata changed since the last install.
+stamp="$VENV/.nebula-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "bootstrap: installing nebula into $VENV"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e '.[test]'
+    touch "$stamp"
+fi
