@@ -1,0 +1,24 @@
+"""`nebula`: the one command of the distribution — operators' subcommands and users' CLI."""
+
+from __future__ import annotations
+
+import typer
+
+from nebula_core.cli import admin
+
+app = typer.Typer(
+    name="nebula",
+    help="Nebula: a private IaaS cloud on NATS JetStream, Postgres and libvirt.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+admin.register(app)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

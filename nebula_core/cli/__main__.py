@@ -1,0 +1,3 @@
+from nebula_core.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""Operators' subcommands: `init`, `schemas`, `up`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import typer
+
+from nebula_core import config
+from nebula_core.errors import NebulaError
+
+
+def fail(message: str, code: int = 1) -> None:
+    """One line on stderr and a non-zero exit: the CLI never shows a traceback for a known failure."""
+    typer.echo(f"nebula: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    try:
+        return asyncio.run(coro_fn())
+    except NebulaError as err:
+        fail(err.message)
+    except (ValueError, OSError, TimeoutError) as err:
+        fail(str(err) or type(err).__name__)
+    except Exception as err:  # noqa: BLE001 — connection errors from nats/asyncpg have no common base
+        if type(err).__module__.split(".")[0] in {"nats", "asyncpg"}:
+            fail(f"{type(err).__name__}: {err}")
+        raise
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def init(
+        nats_url: str = typer.Option(None, help="NATS server (default: NEBULA_NATS_URL)"),
+        pg_dsn: str = typer.Option(None, help="Postgres DSN (default: NEBULA_PG_DSN)"),
+    ) -> None:
+        """Apply the JetStream topology and the Postgres migrations (idempotent)."""
+        from nebula_core.initialize import initialize
+
+        settings = config.load(nats_url=nats_url, pg_dsn=pg_dsn)
+        for line in run(lambda: initialize(settings)):
+            typer.echo(line)
+
+    @app.command()
+    def schemas(
+        write: bool = typer.Option(False, "--write", help="Rewrite schemas/ from the code"),
+    ) -> None:
+        """Check (or with --write, regenerate) the published contract under schemas/."""
+        from nebula_core.contract import schemas as gen
+
+        if write:
+            changed = gen.write()
+            typer.echo("\n".join(changed) if changed else "schemas/ already up to date")
+            return
+        drift = gen.drift()
+        if drift:
+            typer.echo("\n".join(drift), err=True)
+            fail("schemas/ differs from the code: run `nebula schemas --write`")
+        typer.echo("schemas/ matches the code")
+
+    @app.command()
+    def up(
+        nats_url: str = typer.Option(None, help="Use this NATS instead of starting one"),
+        pg_dsn: str = typer.Option(None, help="Use this Postgres instead of the embedded one"),
+        state_dir: str = typer.Option(None, help="Where the embedded servers keep their data"),
+    ) -> None:
+        """Run a whole Nebula on this machine, in the foreground, until Ctrl-C."""
+        from nebula_core.up import AllInOne
+
+        settings = config.load(state_dir=state_dir)
+        try:
+            asyncio.run(AllInOne(settings, nats_url=nats_url, pg_dsn=pg_dsn).run())
+        except KeyboardInterrupt:
+            pass
+        except (NebulaError, OSError, TimeoutError, RuntimeError) as err:
+            fail(getattr(err, "message", str(err)))

@@ -1,0 +1,75 @@
+"""Settings: every process reads them from `NEBULA_*` environment variables; a TOML file
+(`NEBULA_CONFIG`, default `/etc/nebula/nebula.toml`) may add to them, and the environment
+wins. Each field's variable is its name in upper case with the `NEBULA_` prefix."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+DEFAULT_CONFIG_FILE = "/etc/nebula/nebula.toml"
+
+
+def _default_state_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/nebula"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "nebula")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    nats_url: str = "nats://127.0.0.1:4222"
+    #: Empty: `nebula up` runs an embedded Postgres under the state directory.
+    pg_dsn: str = ""
+    admin_token: str = ""
+    api_listen: str = "127.0.0.1:8774"
+    meta_listen: str = "127.0.0.1:8775"
+    state_dir: str = msgspec.field(default_factory=_default_state_dir)
+    #: JetStream replicas for streams and buckets: 1 on one server, 3 on a cluster.
+    nats_replicas: int = 1
+    heartbeat_interval: float = 5.0
+    # --- node agent --------------------------------------------------------------------
+    node_id: str = msgspec.field(default_factory=socket.gethostname)
+    region: str = "default"
+    libvirt_uri: str = "qemu:///system"
+    #: The metadata service as a VM sees it (user-mode networking: the host is 10.0.2.2).
+    meta_url: str = "http://10.0.2.2:8775"
+
+    @property
+    def api_host_port(self) -> tuple[str, int]:
+        return _host_port(self.api_listen)
+
+    @property
+    def meta_host_port(self) -> tuple[str, int]:
+        return _host_port(self.meta_listen)
+
+
+def _host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host or "0.0.0.0", int(port)
+
+
+def env_name(field: str) -> str:
+    return f"NEBULA_{field.upper()}"
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from the TOML file, then the environment, then explicit `overrides`."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    path = Path(environ.get("NEBULA_CONFIG", DEFAULT_CONFIG_FILE))
+    if path.is_file():
+        values.update(tomllib.loads(path.read_text()))
+    for field in Settings.__struct_fields__:
+        if env_name(field) in environ:
+            values[field] = environ[env_name(field)]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as err:
+        raise ValueError(f"configuration: {err}") from err

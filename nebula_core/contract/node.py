@@ -1,0 +1,89 @@
+"""Request/reply between the orchestrator and a node agent: `nebula.node.<node id>.<op>`.
+
+Every reply is a `NodeReply`: either a result or a typed error, never both. Every
+operation is idempotent on the node (a repeated create of the same domain succeeds,
+a delete of a missing one succeeds), so the orchestrator may retry after a timeout.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Literal
+
+import msgspec
+
+from nebula_core.contract.types import ImageFormat
+
+DomainState = Literal["running", "paused", "shutoff", "crashed", "missing", "other"]
+
+
+class ImageArtifact(msgspec.Struct, frozen=True, kw_only=True):
+    """One file a node fetches into its cache: verified by sha256 before use."""
+
+    role: Literal["disk", "kernel", "initrd"]
+    source: str
+    sha256: str
+    size: int = 0
+
+
+class ImageSpec(msgspec.Struct, frozen=True, kw_only=True):
+    id: uuid.UUID
+    name: str
+    format: ImageFormat
+    artifacts: list[ImageArtifact]
+    cmdline: str = ""
+
+
+class CreateRequest(msgspec.Struct, frozen=True, kw_only=True):
+    instance_id: uuid.UUID
+    project_id: uuid.UUID
+    name: str
+    description: str = ""
+    tags: dict[str, str] = {}
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    image: ImageSpec
+    #: The NoCloud seed (`ds=nocloud-net;s=http://…/nocloud/<id>/<token>/`) for SMBIOS.
+    seed: str
+    start: bool = True
+
+
+class InstanceRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """start, reboot, delete and status take only the instance."""
+
+    instance_id: uuid.UUID
+
+
+class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
+    instance_id: uuid.UUID
+    grace_seconds: int = 30
+
+
+class ConsoleRequest(msgspec.Struct, frozen=True, kw_only=True):
+    instance_id: uuid.UUID
+    max_bytes: int = 65536
+
+
+class DomainStatus(msgspec.Struct, frozen=True, kw_only=True):
+    instance_id: uuid.UUID
+    state: DomainState
+
+
+class ConsoleOutput(msgspec.Struct, frozen=True, kw_only=True):
+    instance_id: uuid.UUID
+    data: str
+    truncated: bool = False
+
+
+class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
+    """A typed error: `code` is stable (see nebula_core.errors), `message` is for people."""
+
+    code: str
+    message: str
+
+
+class NodeReply(msgspec.Struct, frozen=True, kw_only=True):
+    status: DomainStatus | None = None
+    console: ConsoleOutput | None = None
+    error: ErrorBody | None = None

@@ -1,0 +1,82 @@
+"""Subject, stream, consumer and bucket names: declared here once, used everywhere."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+EVENTS_STREAM = "NEBULA_EVENTS"
+COMMANDS_STREAM = "NEBULA_COMMANDS"
+
+EVENTS_PREFIX = "nebula.evt"
+COMMANDS_PREFIX = "nebula.cmd"
+NODE_PREFIX = "nebula.node"
+
+EVENTS_ALL = f"{EVENTS_PREFIX}.>"
+COMMANDS_ALL = f"{COMMANDS_PREFIX}.>"
+
+#: Durable consumers shared by every replica of a role.
+PROJECTOR_CONSUMER = "projector"
+ORCHESTRATOR_CONSUMER = "orchestrator"
+
+#: Key-value buckets.
+NODES_BUCKET = "nebula_nodes"
+USERDATA_BUCKET = "nebula_userdata"
+
+#: The aggregates whose events live on the event stream.
+AGGREGATES = ("project", "instance", "node", "image", "user")
+
+#: Verbs on the command stream, consumed by the orchestrators.
+COMMAND_VERBS = ("place", "start", "stop", "reboot", "delete", "evacuate")
+
+#: Operations a node agent answers on request/reply.
+NODE_OPS = ("create", "start", "stop", "reboot", "delete", "status", "console")
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# Nats-* headers the event store writes; the event type also travels in the payload.
+HEADER_EVENT_TYPE = "Nebula-Event-Type"
+HEADER_ACTOR = "Nebula-Actor"
+
+
+def _token(value: str, what: str) -> str:
+    """A subject token must not contain '.', '*', '>' or whitespace: check, never escape."""
+    if not _TOKEN.match(value):
+        raise ValueError(f"{what} {value!r} is not a valid subject token")
+    return value
+
+
+def event_subject(aggregate: str, aggregate_id: uuid.UUID | str) -> str:
+    """`nebula.evt.<aggregate>.<id>`: the subject holding one aggregate's events, in order."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}")
+    return f"{EVENTS_PREFIX}.{aggregate}.{_token(str(aggregate_id), 'aggregate id')}"
+
+
+def aggregate_events(aggregate: str) -> str:
+    """Wildcard over every event of one kind of aggregate."""
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}")
+    return f"{EVENTS_PREFIX}.{aggregate}.*"
+
+
+def command_subject(verb: str) -> str:
+    """`nebula.cmd.<verb>`: where a command for the orchestrators is published."""
+    if verb not in COMMAND_VERBS:
+        raise ValueError(f"unknown command verb {verb!r}")
+    return f"{COMMANDS_PREFIX}.{verb}"
+
+
+def node_subject(node_id: str, op: str) -> str:
+    """`nebula.node.<node id>.<op>`: a node agent's request/reply endpoint."""
+    if op not in NODE_OPS:
+        raise ValueError(f"unknown node operation {op!r}")
+    return f"{NODE_PREFIX}.{_token(node_id, 'node id')}.{op}"
+
+
+def parse_event_subject(subject: str) -> tuple[str, str]:
+    """The (aggregate, id) an event subject names."""
+    prefix, kind, aggregate, aggregate_id = subject.split(".", 3)
+    if f"{prefix}.{kind}" != EVENTS_PREFIX or aggregate not in AGGREGATES:
+        raise ValueError(f"{subject!r} is not an event subject")
+    return aggregate, aggregate_id

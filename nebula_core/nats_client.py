@@ -1,0 +1,49 @@
+"""Connecting to NATS the same way in every process: named, logging one line per error."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+
+log = logging.getLogger("nebula.nats")
+
+
+async def _on_error(err: Exception) -> None:
+    log.warning("nats: %s: %s", type(err).__name__, err)
+
+
+async def _quiet(err: Exception) -> None:
+    log.debug("nats: %s: %s", type(err).__name__, err)
+
+
+async def _on_disconnect() -> None:
+    log.warning("nats: disconnected")
+
+
+async def _on_reconnect() -> None:
+    log.info("nats: reconnected")
+
+
+async def connect(url: str, *, name: str, once: bool = False, **options: Any) -> NATS:
+    """A NATS connection for role `name`. `once`: fail fast instead of retrying (CLI use)."""
+    defaults: dict[str, Any] = {
+        "name": name,
+        "error_cb": _on_error,
+        "disconnected_cb": _on_disconnect,
+        "reconnected_cb": _on_reconnect,
+    }
+    if once:
+        # Two tries, no noise: the caller reports the one error that matters.
+        defaults.update(
+            connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
+            reconnect_time_wait=0.5, error_cb=_quiet,
+        )
+    else:
+        defaults.update(max_reconnect_attempts=-1, reconnect_time_wait=1)
+    try:
+        return await nats.connect(url, **{**defaults, **options})
+    except (OSError, nats.errors.NoServersError, TimeoutError) as err:
+        raise ConnectionError(f"cannot reach NATS at {url}: {err or type(err).__name__}") from err

