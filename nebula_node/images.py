@@ -1,0 +1,361 @@
+"""The node's image cache: artifacts fetched once per node and kept by sha256.
+
+An artifact (a qcow2 or raw base image, a kernel, an initrd) is named by the sha256 of its
+bytes and lives at ``<root>/sha256/<hex>``. It is fetched from a local path, a ``file://``
+URL or an ``http(s)://`` URL into a temporary file in the same directory, hashed while it
+streams, and renamed into place only once its sha256 (and size, when known) match. So a
+file under its final name is always complete and verified, and is trusted by its name.
+
+A direct-kernel image is two artifacts (kernel and initrd): ensure each of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+import msgspec
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1 << 20
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+_HTTP_SCHEMES = ("http://", "https://")
+# No total deadline: a multi-GiB image may take long; a stalled connection may not.
+DEFAULT_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
+
+
+# --- errors ------------------------------------------------------------------------------
+
+
+class ImageError(Exception):
+    """Base of every image cache failure; ``source`` names where the bytes came from."""
+
+    def __init__(self, source: str, message: str) -> None:
+        super().__init__(f"image {source}: {message}")
+        self.source = source
+
+
+class ImageNotFound(ImageError):
+    """The source does not exist (a missing local file, HTTP 404 or 410)."""
+
+
+class ImageFetchFailed(ImageError):
+    """The source exists but could not be read or stored (HTTP error, network, I/O)."""
+
+
+class ImageVerificationFailed(ImageError):
+    """The fetched bytes are not the artifact that was asked for; nothing was cached."""
+
+    def __init__(self, source: str, message: str, *, expected: object, actual: object) -> None:
+        super().__init__(source, message)
+        self.expected = expected
+        self.actual = actual
+
+
+class ImageChecksumMismatch(ImageVerificationFailed):
+    """The sha256 of the fetched bytes differs from the expected one."""
+
+    def __init__(self, source: str, *, expected: str, actual: str) -> None:
+        super().__init__(
+            source, f"sha256 is {actual}, expected {expected}", expected=expected, actual=actual
+        )
+
+
+class ImageSizeMismatch(ImageVerificationFailed):
+    """The fetched bytes are longer or shorter than the expected size."""
+
+    def __init__(self, source: str, *, expected: int, actual: int, aborted: bool = False) -> None:
+        got = f"more than {expected} (stopped after {actual})" if aborted else str(actual)
+        super().__init__(
+            source, f"size is {got} bytes, expected {expected}", expected=expected, actual=actual
+        )
+
+
+# --- values ------------------------------------------------------------------------------
+
+
+class ArtifactRef(Protocol):
+    """What the cache needs to know about an artifact.
+
+    ``nebula_core.contract.node.ImageArtifact`` fits as it is. ``sha256`` is lowercase hex;
+    ``source`` is an absolute local path, a ``file://`` URL or an ``http(s)://`` URL;
+    ``size`` in bytes, with None or 0 meaning unknown (the sha256 check still applies).
+    """
+
+    @property
+    def sha256(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def size(self) -> int | None: ...
+
+
+class CachedImage(msgspec.Struct, frozen=True):
+    """A verified artifact in the cache."""
+
+    sha256: str
+    path: Path
+    size: int
+
+
+def check_sha256(sha256: str) -> str:
+    """Return ``sha256`` if it is 64 lowercase hex digits, else raise ValueError."""
+    if not _SHA256_HEX.fullmatch(sha256):
+        raise ValueError(f"not a lowercase hex sha256: {sha256!r}")
+    return sha256
+
+
+# --- the cache ---------------------------------------------------------------------------
+
+
+class ImageCache:
+    """Artifacts under ``<root>/sha256/``, each fetched at most once per node.
+
+    ``session`` is an optional aiohttp session owned by the caller (it is not closed here);
+    without one, each http(s) download uses a session of its own.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        timeout: aiohttp.ClientTimeout = DEFAULT_HTTP_TIMEOUT,
+    ) -> None:
+        self.root = Path(root)
+        self._dir = self.root / "sha256"
+        self._session = session
+        self._timeout = timeout
+        self._locks = _KeyedLocks()
+
+    def path_for(self, sha256: str) -> Path:
+        """Where the artifact with this sha256 lives (whether or not it is cached yet)."""
+        return self._dir / check_sha256(sha256)
+
+    async def ensure(self, artifact: ArtifactRef, *, verify: bool = False) -> CachedImage:
+        """Return the cached artifact, fetching and verifying it first if it is missing.
+
+        Idempotent: a file under its sha256 name is trusted and returned as it is, unless
+        it contradicts a known ``artifact.size`` or, with ``verify=True``, its contents no
+        longer hash to its name; then it is discarded and fetched again. Concurrent calls
+        for one sha256 in this process share a lock, so the source is read once.
+        """
+        path = self.path_for(artifact.sha256)
+        _check_source(artifact.source)
+        async with self._locks.hold(artifact.sha256):
+            if not await self._usable(artifact, path, verify=verify):
+                await self._fetch(artifact, path)
+            return CachedImage(artifact.sha256, path, path.stat().st_size)
+
+    async def remove(self, sha256: str) -> None:
+        """Delete a cached artifact; succeeds if it is not cached.
+
+        The caller must know that no instance disk still uses it as a backing file.
+        """
+        path = self.path_for(sha256)
+        async with self._locks.hold(sha256):
+            path.unlink(missing_ok=True)
+
+    def entries(self) -> list[CachedImage]:
+        """Every cached artifact, sorted by sha256 (downloads in progress are not listed)."""
+        if not self._dir.is_dir():
+            return []
+        found = (p for p in self._dir.iterdir() if _SHA256_HEX.fullmatch(p.name) and p.is_file())
+        return [CachedImage(p.name, p, p.stat().st_size) for p in sorted(found)]
+
+    def discard_partial_downloads(self) -> int:
+        """Delete temporary files left by downloads a crash interrupted; return how many.
+
+        Call it at agent start, before any ``ensure`` runs.
+        """
+        if not self._dir.is_dir():
+            return 0
+        partial = list(self._dir.glob(".*.part"))
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return len(partial)
+
+    async def _usable(self, artifact: ArtifactRef, path: Path, *, verify: bool) -> bool:
+        """True if ``path`` holds the artifact; a cached file proven wrong is deleted."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return False
+        expected = _expected_size(artifact)
+        if expected is not None and size != expected:
+            problem = f"size {size} != expected {expected}"
+        elif verify and (actual := await asyncio.to_thread(_hash_file, path)) != artifact.sha256:
+            problem = f"contents hash to {actual}"
+        else:
+            return True
+        log.warning("discarding corrupt cached image sha256=%s: %s", artifact.sha256, problem)
+        path.unlink(missing_ok=True)
+        return False
+
+    async def _fetch(self, artifact: ArtifactRef, path: Path) -> None:
+        """Download into a temporary file beside ``path``; rename it into place once verified."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+        except OSError as exc:
+            raise ImageFetchFailed(artifact.source, f"cannot write to the cache: {exc}") from exc
+        part = Path(name)
+        log.info("fetching image sha256=%s source=%s", artifact.sha256, artifact.source)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                digest, size = await self._copy(artifact, out)
+                await asyncio.to_thread(os.fsync, out.fileno())
+            _verify(artifact, digest, size)
+            # Base images are read by the hypervisor's own user; their bytes are public.
+            part.chmod(0o644)
+            part.replace(path)
+        except OSError as exc:
+            raise ImageFetchFailed(artifact.source, f"download failed: {exc}") from exc
+        finally:
+            part.unlink(missing_ok=True)
+        log.info("cached image sha256=%s size=%d", artifact.sha256, size)
+
+    async def _copy(self, artifact: ArtifactRef, out: BinaryIO) -> tuple[str, int]:
+        """Stream the source into ``out``; return its sha256 and length.
+
+        Stops as soon as more bytes than a known ``artifact.size`` arrive, so a runaway
+        source cannot fill the disk.
+        """
+        hasher = hashlib.sha256()
+        size, limit = 0, _expected_size(artifact)
+        async with aclosing(self._chunks(artifact.source)) as chunks:
+            async for chunk in chunks:
+                size += len(chunk)
+                if limit is not None and size > limit:
+                    raise ImageSizeMismatch(
+                        artifact.source, expected=limit, actual=size, aborted=True
+                    )
+                await asyncio.to_thread(_absorb, hasher, out, chunk)
+        return hasher.hexdigest(), size
+
+    def _chunks(self, source: str) -> AsyncIterator[bytes]:
+        if _is_http(source):
+            return self._http_chunks(source)
+        return _file_chunks(source)
+
+    async def _http_chunks(self, url: str) -> AsyncIterator[bytes]:
+        async with self._client() as session:
+            try:
+                async with session.get(url, timeout=self._timeout) as response:
+                    _check_status(url, response.status, response.reason)
+                    async for chunk in response.content.iter_chunked(CHUNK_BYTES):
+                        yield chunk
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ImageFetchFailed(url, f"{type(exc).__name__}: {exc}") from exc
+
+    @asynccontextmanager
+    async def _client(self) -> AsyncIterator[aiohttp.ClientSession]:
+        if self._session is not None:
+            yield self._session
+        else:
+            async with aiohttp.ClientSession() as session:
+                yield session
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+class _KeyedLocks:
+    """One asyncio.Lock per key, forgotten once nobody holds or awaits it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: Counter[str] = Counter()
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+
+
+def _is_http(source: str) -> bool:
+    return source.lower().startswith(_HTTP_SCHEMES)
+
+
+def _check_source(source: str) -> None:
+    if not (source.startswith(("/", "file://")) or _is_http(source)):
+        raise ImageFetchFailed(
+            source, "unsupported source: use an absolute path, a file:// or an http(s):// URL"
+        )
+
+
+def _expected_size(artifact: ArtifactRef) -> int | None:
+    """The size to verify against; 0 means unknown, as no image is empty."""
+    return artifact.size or None
+
+
+def _local_path(source: str) -> Path:
+    """The filesystem path of an absolute path or a ``file://`` URL."""
+    if source.startswith("file://"):
+        parts = urlsplit(source)
+        if parts.netloc not in ("", "localhost"):
+            raise ImageFetchFailed(source, "file:// URLs must name a local path")
+        return Path(unquote(parts.path))
+    return Path(source)
+
+
+async def _file_chunks(source: str) -> AsyncIterator[bytes]:
+    path = _local_path(source)
+    try:
+        stream = await asyncio.to_thread(open, path, "rb")
+    except FileNotFoundError as exc:
+        raise ImageNotFound(source, "no such file") from exc
+    except OSError as exc:
+        raise ImageFetchFailed(source, f"cannot open: {exc}") from exc
+    with stream:
+        while chunk := await asyncio.to_thread(stream.read, CHUNK_BYTES):
+            yield chunk
+
+
+def _check_status(url: str, status: int, reason: str | None) -> None:
+    if status in (404, 410):
+        raise ImageNotFound(url, f"HTTP {status} {reason or ''}".rstrip())
+    if status != 200:
+        raise ImageFetchFailed(url, f"HTTP {status} {reason or ''}".rstrip())
+
+
+def _absorb(hasher: hashlib._Hash, out: BinaryIO, chunk: bytes) -> None:
+    hasher.update(chunk)
+    out.write(chunk)
+
+
+def _verify(artifact: ArtifactRef, digest: str, size: int) -> None:
+    expected = _expected_size(artifact)
+    if expected is not None and size != expected:
+        raise ImageSizeMismatch(artifact.source, expected=expected, actual=size)
+    if digest != artifact.sha256:
+        raise ImageChecksumMismatch(artifact.source, expected=artifact.sha256, actual=digest)
+
+
+def _hash_file(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(CHUNK_BYTES):
+            hasher.update(chunk)
+    return hasher.hexdigest()
