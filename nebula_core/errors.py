@@ -35,6 +35,12 @@ class IllegalTransition(Conflict):
     code = "illegal_transition"
 
 
+class InsufficientCapacity(Conflict):
+    """A node cannot hold what is asked of it (after overcommit)."""
+
+    code = "insufficient_capacity"
+
+
 class Invalid(NebulaError):
     """Bad input; `fields` names what was wrong (JSON paths such as `$.vcpus`)."""
 
@@ -80,6 +86,7 @@ ERRORS_BY_CODE: dict[str, type[NebulaError]] = {
         Conflict,
         ConcurrencyConflict,
         IllegalTransition,
+        InsufficientCapacity,
         Invalid,
         Unauthorized,
         Forbidden,

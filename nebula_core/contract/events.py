@@ -112,6 +112,15 @@ class NodeRegistered(Event, frozen=True, tag="node.registered"):
     agent_version: str
 
 
+class NodeReregistered(Event, frozen=True, tag="node.reregistered"):
+    """An agent restarted with a different region, capacity, ratios or version."""
+
+    region: str
+    capacity: Resources
+    overcommit: Overcommit
+    agent_version: str
+
+
 class NodeResourcesClaimed(Event, frozen=True, tag="node.resources_claimed"):
     """A placement decision: `amount` of the node is promised to `instance_id`."""
 

@@ -6,6 +6,7 @@ import dataclasses
 import uuid
 
 import pytest
+from eventsourcing.domain import AggregateCreated, _created_event_classes
 
 from nebula_core.contract.events import EVENT_TYPES, decode_event, encode_event
 from nebula_core.contract.types import Quotas
@@ -17,12 +18,17 @@ CODEC = Codec(*AGGREGATES)
 
 
 def _domain_event_classes() -> list[type]:
+    """The event classes each aggregate really records (eventsourcing also defines a
+    default `Created` on every aggregate, unused where `__init__` names its own)."""
     found = []
     for aggregate in AGGREGATES:
+        created = _created_event_classes[aggregate]
         for value in vars(aggregate).values():
-            if isinstance(value, type) and dataclasses.is_dataclass(value) and value.__qualname__.startswith(aggregate.__qualname__ + "."):
-                if value.__name__ != "Event":
-                    found.append(value)
+            if not (isinstance(value, type) and issubclass(value, aggregate.Event)) or value is aggregate.Event:
+                continue
+            if issubclass(value, AggregateCreated) and value not in created:
+                continue
+            found.append(value)
     return found
 
 
