@@ -73,3 +73,18 @@ async def pg_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on a fresh database holding every migration."""
+    from nebula_ops import migrate
+
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await migrate.apply(conn)
+    finally:
+        await conn.close()
+    created = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=10)
+    yield created
+    await created.close()

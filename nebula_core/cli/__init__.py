@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nebula_core.cli import admin
+from nebula_core.cli import admin, roles
 
 app = typer.Typer(
     name="nebula",
@@ -14,6 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 admin.register(app)
+roles.register(app)
 
 
 def main() -> None:

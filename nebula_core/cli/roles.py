@@ -1,0 +1,42 @@
+"""The long-running roles (`projector`, …) and the operator's `replay`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import typer
+
+from nebula_core import config
+from nebula_core.cli.admin import run
+from nebula_core.runtime import connections, run_role
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def projector() -> None:
+        """Project the event stream into the Postgres read models (run one or more)."""
+        from nebula_core.projector import Projector
+
+        settings = config.load()
+
+        async def main(stop: asyncio.Event) -> None:
+            async with connections(settings, "projector") as (nc, pool):
+                assert pool is not None
+                await Projector(nc.jetstream(), pool).run(stop)
+
+        run_role("projector", main)
+
+    @app.command()
+    def replay() -> None:
+        """Rebuild every read model from the first event of the stream."""
+        from nebula_core.projector import replay as rebuild
+
+        settings = config.load()
+
+        async def main() -> int:
+            async with connections(settings, "replay") as (nc, pool):
+                assert pool is not None
+                return await rebuild(nc.jetstream(), pool)
+
+        last = run(main)
+        typer.echo(f"read models rebuilt from sequence 1 to {last}")

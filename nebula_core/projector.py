@@ -1,0 +1,182 @@
+"""The projector: `NEBULA_EVENTS` → Postgres read models, exactly once, in stream order.
+
+Every batch is applied in one transaction that first locks the projection's checkpoint
+row, skips what the checkpoint already covers, applies only the run of events that
+continues it without a gap, and moves the checkpoint in the same commit. Messages are
+acknowledged after the commit. Hence:
+
+- a crash before the commit applies nothing (the messages are redelivered);
+- a crash after the commit but before the acks applies nothing twice (the redelivered
+  events are at or below the checkpoint and are skipped);
+- several replicas sharing the durable consumer cannot apply out of order: a replica
+  whose batch does not continue the checkpoint naks it, and it comes back later.
+
+`replay()` rebuilds every read model from sequence 1 in one transaction, holding the same
+lock, so readers see the old tables until the rebuilt ones commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+
+from nebula_core.contract import subjects
+from nebula_core.contract.events import EVENT_TYPES, Event, decode_event
+from nebula_core.projections import HANDLERS, PROJECTION, TABLES
+
+log = logging.getLogger("nebula.projector")
+
+
+class _Tag(msgspec.Struct):
+    type: str
+
+
+def decode(data: bytes) -> Event | None:
+    """The event, or None for a type this version does not know (written by a newer one)."""
+    if msgspec.json.decode(data, type=_Tag).type not in EVENT_TYPES:
+        return None
+    return decode_event(data)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    applied: int
+    #: Sequences that are done (applied now or before): acknowledge them.
+    done: frozenset[int]
+    checkpoint: int
+
+
+async def lock_checkpoint(conn: asyncpg.Connection) -> int:
+    """Lock the checkpoint row for this transaction and return it (creating it at 0)."""
+    await conn.execute(
+        "INSERT INTO projection_checkpoints (projection, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING", PROJECTION
+    )
+    return int(
+        await conn.fetchval("SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE", PROJECTION)
+    )
+
+
+async def _save_checkpoint(conn: asyncpg.Connection, seq: int) -> None:
+    await conn.execute(
+        "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1", PROJECTION, seq
+    )
+
+
+async def _apply(conn: asyncpg.Connection, seq: int, event: Event | None) -> None:
+    if event is None:
+        log.warning("skipping an event of unknown type seq=%d", seq)
+        return
+    handler = HANDLERS.get(type(event))
+    if handler is not None:
+        await handler(conn, event, seq)
+
+
+async def apply_batch(conn: asyncpg.Connection, batch: list[tuple[int, Event | None]]) -> BatchResult:
+    """Apply what continues the checkpoint, in one transaction; see the module docstring."""
+    async with conn.transaction():
+        last = await lock_checkpoint(conn)
+        done = {seq for seq, _ in batch if seq <= last}
+        applied = 0
+        for seq, event in sorted(batch, key=lambda item: item[0]):
+            if seq <= last:
+                continue
+            if seq != last + 1:
+                break  # a gap: an earlier event is still with another replica
+            await _apply(conn, seq, event)
+            last = seq
+            done.add(seq)
+            applied += 1
+        if applied:
+            await _save_checkpoint(conn, last)
+    return BatchResult(applied, frozenset(done), last)
+
+
+async def checkpoint(pool: asyncpg.Pool) -> int:
+    value = await pool.fetchval("SELECT last_seq FROM projection_checkpoints WHERE projection = $1", PROJECTION)
+    return int(value or 0)
+
+
+class Projector:
+    """One replica: pulls batches from the shared durable consumer and applies them."""
+
+    def __init__(self, js: JetStreamContext, pool: asyncpg.Pool, *, batch_size: int = 256) -> None:
+        self._js = js
+        self._pool = pool
+        self._batch_size = batch_size
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._catch_up_after_a_lost_database()
+        sub = await self._js.pull_subscribe_bind(subjects.PROJECTOR_CONSUMER, stream=subjects.EVENTS_STREAM)
+        log.info("projector consuming stream=%s consumer=%s", subjects.EVENTS_STREAM, subjects.PROJECTOR_CONSUMER)
+        try:
+            while not stop.is_set():
+                try:
+                    messages = await sub.fetch(self._batch_size, timeout=1.0)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                await self._handle(messages)
+        finally:
+            await sub.unsubscribe()
+
+    async def _catch_up_after_a_lost_database(self) -> None:
+        """Postgres was emptied or replaced, but the consumer had moved on: rebuild by replay."""
+        info = await self._js.consumer_info(subjects.EVENTS_STREAM, subjects.PROJECTOR_CONSUMER)
+        floor = info.ack_floor.stream_seq if info.ack_floor else 0
+        if await checkpoint(self._pool) < (floor or 0):
+            log.warning("read models are behind the consumer's ack floor seq=%d: replaying", floor)
+            await replay(self._js, self._pool)
+
+    async def _handle(self, messages: list) -> None:  # type: ignore[type-arg]
+        batch = [(m.metadata.sequence.stream, decode(m.data)) for m in messages]
+        async with self._pool.acquire() as conn:
+            result = await apply_batch(conn, batch)
+        for message, (seq, _) in zip(messages, batch, strict=True):
+            if seq in result.done:
+                await message.ack()
+            else:
+                await message.nak(delay=0.2)
+        if result.applied:
+            log.info(
+                "applied events count=%d first_seq=%d checkpoint=%d", result.applied, batch[0][0], result.checkpoint
+            )
+
+
+async def replay(js: JetStreamContext, pool: asyncpg.Pool, *, batch_size: int = 1000) -> int:
+    """Rebuild every read model from stream sequence 1; returns the sequence it reached."""
+    info = await js.stream_info(subjects.EVENTS_STREAM)
+    last = info.state.last_seq
+    async with pool.acquire() as conn, conn.transaction():
+        await lock_checkpoint(conn)
+        await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+        await _save_checkpoint(conn, 0)
+        if last:
+            await _replay_into(js, conn, last, batch_size)
+        await _save_checkpoint(conn, last)
+    log.info("replayed read models up to seq=%d", last)
+    return int(last)
+
+
+async def _replay_into(js: JetStreamContext, conn: asyncpg.Connection, last: int, batch_size: int) -> None:
+    sub = await js.subscribe(
+        subjects.EVENTS_ALL,
+        stream=subjects.EVENTS_STREAM,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+        pending_msgs_limit=batch_size * 4,
+    )
+    try:
+        while True:
+            message = await sub.next_msg(timeout=10.0)
+            seq = message.metadata.sequence.stream
+            await _apply(conn, seq, decode(message.data))
+            if seq >= last:
+                return
+    finally:
+        await sub.unsubscribe()
