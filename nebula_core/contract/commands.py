@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Union
+from typing import Literal, Union
 
 import msgspec
 
@@ -46,6 +46,16 @@ class EvacuateInstance(Command, frozen=True, tag="evacuate"):
     """Rebuild an instance of a dead node elsewhere (issued once per node outage)."""
 
     from_node_id: str
+
+
+class ReportDomain(Command, frozen=True, tag="report"):
+    """A node agent tells the control plane what libvirt says of a domain: a guest that
+    shut itself down, crashed or was destroyed out of band, or the state found when the
+    agent reconciles after a restart. The orchestrator records it as instance events."""
+
+    node_id: str
+    state: Literal["running", "paused", "shutoff", "crashed", "missing", "other"]
+    reason: str = ""
 
 
 COMMAND_TYPES: dict[str, type[Command]] = {

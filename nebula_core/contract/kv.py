@@ -28,3 +28,13 @@ class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     agent_version: str
     at: datetime
     interval_seconds: float = 5.0
+
+
+class InstanceSeed(msgspec.Struct, frozen=True, kw_only=True):
+    """An instance's secrets, under key `<instance id>` of the `nebula_userdata` bucket —
+    never in the immutable event log. Written by the API before the instance's first
+    event; read by the orchestrator to build the node's seed; purged when it is deleted.
+    The metadata service holds only the token's sha256 (from `instance.created`)."""
+
+    metadata_token: str
+    user_data: str = ""

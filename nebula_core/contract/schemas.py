@@ -35,6 +35,7 @@ def message_types() -> dict[str, dict[str, Any]]:
     ):
         out[f"node/{t.__name__}"] = t
     out["kv/Heartbeat"] = kv.Heartbeat
+    out["kv/InstanceSeed"] = kv.InstanceSeed
     return {name: _schema(t) for name, t in sorted(out.items())}
 
 

@@ -27,7 +27,7 @@ USERDATA_BUCKET = "nebula_userdata"
 AGGREGATES = ("project", "instance", "node", "image", "user")
 
 #: Verbs on the command stream, consumed by the orchestrators.
-COMMAND_VERBS = ("place", "start", "stop", "reboot", "delete", "evacuate")
+COMMAND_VERBS = ("place", "start", "stop", "reboot", "delete", "evacuate", "report")
 
 #: Operations a node agent answers on request/reply.
 NODE_OPS = ("create", "start", "stop", "reboot", "delete", "status", "console")
