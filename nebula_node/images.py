@@ -89,7 +89,7 @@ class ImageSizeMismatch(ImageVerificationFailed):
 class ArtifactRef(Protocol):
     """What the cache needs to know about an artifact.
 
-    ``nebula_core.contract.node.ImageArtifact`` fits as it is. ``sha256`` is lowercase hex;
+    ``nebula_core.contract.node.ImageSpec`` fits as it is. ``sha256`` is lowercase hex;
     ``source`` is an absolute local path, a ``file://`` URL or an ``http(s)://`` URL;
     ``size`` in bytes, with None or 0 meaning unknown (the sha256 check still applies).
     """

@@ -17,21 +17,21 @@ from nebula_core.contract.types import ImageFormat
 DomainState = Literal["running", "paused", "shutoff", "crashed", "missing", "other"]
 
 
-class ImageArtifact(msgspec.Struct, frozen=True, kw_only=True):
-    """One file a node fetches into its cache: verified by sha256 before use."""
-
-    role: Literal["disk", "kernel", "initrd"]
-    source: str
-    sha256: str
-    size: int = 0
-
-
 class ImageSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """What a node fetches into its cache, verified by sha256 before use.
+
+    For `qcow2`, `source` is the disk image itself. For `direct-kernel`, `source` is a
+    manifest.json (as written by ops/guest/build-tiny.sh) whose `kernel` and `initrd`
+    name files beside it, each with its own sha256 under `files`, and whose `cmdline` is
+    the kernel command line: the manifest's hash vouches for everything it names.
+    """
+
     id: uuid.UUID
     name: str
     format: ImageFormat
-    artifacts: list[ImageArtifact]
-    cmdline: str = ""
+    source: str
+    sha256: str
+    size: int = 0
 
 
 class CreateRequest(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,7 +15,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from nebula_core.contract.node import ImageArtifact as ContractArtifact
+import uuid
+
+from nebula_core.contract.node import ImageSpec
 from nebula_node.images import (
     CachedImage,
     ImageCache,
@@ -268,8 +270,8 @@ async def test_remove_deletes_the_image_and_succeeds_if_missing(cache, local_ima
 # --- artifact references ----------------------------------------------------------------
 
 
-async def test_the_contract_artifact_is_accepted_as_it_is(cache, local_image):
-    artifact = ContractArtifact(role="disk", source=str(local_image), sha256=IMAGE_SHA)
+async def test_the_contract_image_spec_is_accepted_as_it_is(cache, local_image):
+    artifact = ImageSpec(id=uuid.uuid4(), name="base", format="qcow2", source=str(local_image), sha256=IMAGE_SHA)
     assert (await cache.ensure(artifact)).path.read_bytes() == IMAGE
 
 
