@@ -9,6 +9,7 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -33,12 +34,37 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: JetStream replicas for streams and buckets: 1 on one server, 3 on a cluster.
     nats_replicas: int = 1
     heartbeat_interval: float = 5.0
+    # --- orchestrator ------------------------------------------------------------------
+    #: "spread" (fewest claims first) or "pack" (fullest node first).
+    placement_strategy: Literal["spread", "pack"] = "spread"
+    #: How long a node may stay down before its instances are rebuilt elsewhere.
+    evacuation_grace: float = 60.0
+    #: How often instances stuck in a transitional state are re-driven.
+    reconcile_interval: float = 30.0
+    #: Request/reply with a node: timeout of one try, and how many tries.
+    node_timeout: float = 60.0
+    node_retries: int = 3
     # --- node agent --------------------------------------------------------------------
     node_id: str = msgspec.field(default_factory=socket.gethostname)
     region: str = "default"
     libvirt_uri: str = "qemu:///system"
     #: The metadata service as a VM sees it (user-mode networking: the host is 10.0.2.2).
     meta_url: str = "http://10.0.2.2:8775"
+    #: Capacity offered to placement; 0 means "detect from libvirt".
+    node_vcpus: int = 0
+    node_ram_mb: int = 0
+    node_disk_gb: int = 0
+    cpu_overcommit: float = 4.0
+    ram_overcommit: float = 1.0
+    disk_overcommit: float = 1.0
+
+    @property
+    def images_dir(self) -> Path:
+        return Path(self.state_dir) / "images"
+
+    @property
+    def instances_dir(self) -> Path:
+        return Path(self.state_dir) / "instances"
 
     @property
     def api_host_port(self) -> tuple[str, int]:
