@@ -98,7 +98,8 @@ async def apply_batch(conn: asyncpg.Connection, batch: list[tuple[int, Event | N
     return BatchResult(applied, frozenset(done), last)
 
 
-async def checkpoint(pool: asyncpg.Pool) -> int:
+async def checkpoint(pool: asyncpg.Pool | asyncpg.Connection) -> int:
+    """The last stream sequence the read models include."""
     value = await pool.fetchval("SELECT last_seq FROM projection_checkpoints WHERE projection = $1", PROJECTION)
     return int(value or 0)
 

@@ -27,6 +27,16 @@ def register(app: typer.Typer) -> None:
         run_role("projector", main)
 
     @app.command()
+    def api() -> None:
+        """Serve the HTTP API (NEBULA_API_LISTEN, default 127.0.0.1:8774)."""
+        from nebula_core.api.app import serve
+
+        settings = config.load()
+        if not settings.admin_token:
+            typer.echo("nebula api: NEBULA_ADMIN_TOKEN is not set; only user tokens will be accepted", err=True)
+        run_role("api", lambda stop: serve(settings, stop))
+
+    @app.command()
     def replay() -> None:
         """Rebuild every read model from the first event of the stream."""
         from nebula_core.projector import replay as rebuild

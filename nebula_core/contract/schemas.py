@@ -102,7 +102,14 @@ def generate() -> dict[str, bytes]:
     """Every file under schemas/ (relative path → content), from the code alone."""
     files = {f"{name}.json": _dump(schema) for name, schema in message_types().items()}
     files["asyncapi.json"] = _dump(asyncapi())
+    files["openapi.json"] = _dump(_openapi())
     return files
+
+
+def _openapi() -> dict[str, Any]:
+    from nebula_core.api.app import openapi_document  # the HTTP API is described by its own routes
+
+    return openapi_document()
 
 
 def drift(root: Path = SCHEMAS_DIR) -> list[str]:

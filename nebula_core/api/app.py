@@ -1,0 +1,76 @@
+"""The aiohttp application: middlewares, routes, and what lives as long as the app."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+from aiohttp import web
+
+from nebula_core import nats_client
+from nebula_core.api import auth, events, images, instances, keys, nodes, projects, system, users
+from nebula_core.api.errors import errors
+from nebula_core.api.idempotency import idempotency
+from nebula_core.api.metrics import Metrics, middleware as metrics_middleware
+from nebula_core.api.openapi import document
+from nebula_core.api.routing import route_name
+from nebula_core.api.writes import Writer
+from nebula_core.config import Settings
+from nebula_core.domain import AGGREGATES
+from nebula_core.domain.codec import Codec
+from nebula_core.eventstore import EventStore
+
+MODULES = (projects, users, images, instances, nodes, events, system)
+
+
+def operations() -> list:  # type: ignore[type-arg]
+    return [op for module in MODULES for op in module.ops.all]
+
+
+def openapi_document() -> dict:  # type: ignore[type-arg]
+    return document(operations())
+
+
+async def _backends(app: web.Application) -> AsyncIterator[None]:
+    settings = app[keys.SETTINGS]
+    nc = await nats_client.connect(settings.nats_url, name="nebula-api")
+    pool = await asyncpg.create_pool(settings.pg_dsn, min_size=2, max_size=20)
+    js = nc.jetstream()
+    app[keys.NATS_CLIENT] = nc
+    app[keys.POOL] = pool
+    app[keys.WRITER] = Writer(EventStore(js, Codec(*AGGREGATES)), js, pool)
+    yield
+    await pool.close()
+    await nc.drain()
+
+
+def make_app(settings: Settings) -> web.Application:
+    metrics = Metrics()
+    app = web.Application(
+        middlewares=[metrics_middleware(metrics), errors, auth.authenticate, idempotency],
+        client_max_size=256 * 1024,
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics
+    for module in MODULES:
+        module.ops.add_to(app)
+    names = [route_name(op) for op in operations()]
+    assert len(names) == len(set(names)), "every handler needs its own name"
+    app[auth.PUBLIC_ROUTES] = frozenset(route_name(op) for op in operations() if op.public)
+    app[system.OPENAPI] = openapi_document()
+    app.cleanup_ctx.append(_backends)
+    return app
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the API until `stop` is set (what `nebula api` calls)."""
+    runner = web.AppRunner(make_app(settings), access_log=None)
+    await runner.setup()
+    host, port = settings.api_host_port
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

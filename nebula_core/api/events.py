@@ -1,0 +1,125 @@
+"""GET /v1/events: the live event stream for integrations, as Server-Sent Events.
+
+Each SSE message is one event: `id` is its stream sequence, `event` its type, `data` the
+EventRecord as JSON. A client that reconnects with `Last-Event-ID` (or `?since=<seq>`)
+resumes right after that sequence, losing nothing. Callers see only the events of what
+they may see: their projects and those projects' instances, their own user, the images;
+cloud admins see everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import msgspec
+from aiohttp import web
+from aiohttp_sse import sse_response
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from nebula_core.api import keys
+from nebula_core.api.auth import Principal, principal
+from nebula_core.api.instances import record
+from nebula_core.api.routing import Operations
+from nebula_core.contract import subjects
+from nebula_core.contract.events import Event, InstanceCreated
+from nebula_core.errors import Invalid
+from nebula_core.projector import decode
+
+ops = Operations()
+
+_MEMBERSHIP_TTL_S = 5.0
+
+
+class Visibility:
+    """Decides, per event, whether one caller may see it; remembers what it looked up."""
+
+    def __init__(self, request: web.Request, who: Principal) -> None:
+        self._pool = request.app[keys.POOL]
+        self._who = who
+        self._instance_project: dict[uuid.UUID, uuid.UUID | None] = {}
+        self._projects: set[uuid.UUID] = set()
+        self._projects_at = 0.0
+
+    async def _member_of(self, project_id: uuid.UUID | None) -> bool:
+        if project_id is None:
+            return False
+        if time.monotonic() - self._projects_at > _MEMBERSHIP_TTL_S:
+            rows = await self._pool.fetch("SELECT project_id FROM memberships WHERE user_id = $1", self._who.user_id)
+            self._projects = {r["project_id"] for r in rows}
+            self._projects_at = time.monotonic()
+        return project_id in self._projects
+
+    async def _project_of_instance(self, event: Event) -> uuid.UUID | None:
+        if isinstance(event, InstanceCreated):
+            self._instance_project[event.id] = event.project_id
+        if event.id not in self._instance_project:
+            self._instance_project[event.id] = await self._pool.fetchval(
+                "SELECT project_id FROM instances WHERE id = $1", event.id
+            )
+        return self._instance_project[event.id]
+
+    async def allows(self, event: Event) -> bool:
+        if self._who.is_admin:
+            return True
+        kind = event.__struct_config__.tag.split(".")[0]
+        if kind == "image":
+            return True
+        if kind == "user":
+            return event.id == self._who.user_id
+        if kind == "project":
+            return await self._member_of(event.id)
+        if kind == "instance":
+            return await self._member_of(await self._project_of_instance(event))
+        return False
+
+
+def _resume_from(request: web.Request) -> int | None:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("since")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise Invalid("since / Last-Event-ID is a stream sequence (a whole number)", ["query:since"])
+    return int(raw)
+
+
+@ops("GET", "/v1/events", summary="Live stream of events (Server-Sent Events), resumable",
+     content_type="text/event-stream",
+     query={"since": "resume after this sequence (or send Last-Event-ID)"})
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    who = principal(request)
+    since = _resume_from(request)
+    js = request.app[keys.NATS_CLIENT].jetstream()
+    config = (
+        ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        if since is None
+        else ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=since + 1)
+    )
+    sub = await js.subscribe(
+        subjects.EVENTS_ALL, stream=subjects.EVENTS_STREAM, ordered_consumer=True, config=config,
+        deliver_policy=config.deliver_policy,
+    )
+    visibility = Visibility(request, who)
+    try:
+        async with sse_response(request) as response:
+            response.ping_interval = 15
+            while response.is_connected():
+                try:
+                    message = await sub.next_msg(timeout=1.0)
+                except (TimeoutError, asyncio.TimeoutError):
+                    continue
+                except Exception as err:  # nats' own TimeoutError has no common base with asyncio's
+                    if type(err).__name__ == "TimeoutError":
+                        continue
+                    raise
+                event = decode(message.data)
+                if event is None or not await visibility.allows(event):
+                    continue
+                seq = message.metadata.sequence.stream
+                await response.send(
+                    msgspec.json.encode(record(seq, event)).decode(), id=str(seq), event=event.__struct_config__.tag
+                )
+    finally:
+        await sub.unsubscribe()
+    return response

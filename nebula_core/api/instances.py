@@ -1,0 +1,255 @@
+"""/v1/instances: create (202, placed asynchronously), read, act on, delete, audit, console."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime, timezone
+
+import asyncpg
+import msgspec
+from aiohttp import web
+
+from nebula_core.api import keys, queries, shapes
+from nebula_core.api.auth import principal, require_role
+from nebula_core.api.idempotency import new_id
+from nebula_core.api.projects import etag, if_match, path_uuid
+from nebula_core.api.routing import Operations, body, respond
+from nebula_core.contract import commands, subjects
+from nebula_core.contract.events import encode_event, event_type
+from nebula_core.contract.kv import InstanceSeed
+from nebula_core.contract.node import ConsoleRequest, NodeReply
+from nebula_core.contract.types import Quotas, Resources
+from nebula_core.domain import Instance, create_with_id
+from nebula_core.errors import Conflict, Invalid, NodeUnavailable, NotFound, QuotaExceeded
+from nebula_core.eventstore import EventStore
+
+ops = Operations()
+
+#: Wait at most this long for the read models before counting a project's usage.
+QUOTA_CATCH_UP_S = 5.0
+
+
+def _instance_from_aggregate(instance: Instance) -> shapes.Instance:
+    return shapes.Instance(
+        id=instance.id, project_id=instance.project_id, name=instance.name, description=instance.description,
+        tags=dict(instance.tags), region=instance.region, vcpus=instance.flavor.vcpus,
+        ram_mb=instance.flavor.ram_mb, disk_gb=instance.flavor.disk_gb, image=instance.image_id,
+        state=instance.state, node_id=instance.node_id, error=instance.error, created_at=instance.created_on,
+        updated_at=instance.modified_on, booted_at=instance.booted_at, version=instance.version,
+    )
+
+
+async def _visible(request: web.Request, instance_id: uuid.UUID, at_least: str = "reader") -> Instance:
+    """The instance, if the caller may see it (else `NotFound`) and act on it (else `Forbidden`)."""
+    store: EventStore = request.app[keys.WRITER].store
+    try:
+        instance = await store.load(Instance, instance_id)
+    except NotFound:
+        raise NotFound(f"instance {instance_id} not found") from None
+    try:
+        await require_role(request, instance.project_id, at_least)  # type: ignore[arg-type]
+    except NotFound:
+        raise NotFound(f"instance {instance_id} not found") from None
+    return instance
+
+
+async def _answer(request: web.Request, instance_id: uuid.UUID, seq: int, status: int) -> web.Response:
+    """The instance as the read models show it once they include `seq` (else as the events do)."""
+    writer = request.app[keys.WRITER]
+    row = await queries.instance(request.app[keys.POOL], instance_id) if await writer.projected(seq) else None
+    if row is not None and row["last_seq"] >= seq:
+        view = queries.instance_shape(row)
+    else:
+        view = _instance_from_aggregate(await writer.store.load(Instance, instance_id))
+    return respond(view, status, headers=etag(view.version))
+
+
+def _check_quota(quotas: Quotas, held: shapes.Usage, flavor: Resources) -> None:
+    over = []
+    if held.instances + 1 > quotas.instances:
+        over.append(f"instances: {held.instances} of {quotas.instances} used")
+    if held.vcpus + flavor.vcpus > quotas.vcpus:
+        over.append(f"vcpus: {held.vcpus} + {flavor.vcpus} > {quotas.vcpus}")
+    if held.ram_mb + flavor.ram_mb > quotas.ram_mb:
+        over.append(f"ram_mb: {held.ram_mb} + {flavor.ram_mb} > {quotas.ram_mb}")
+    if held.disk_gb + flavor.disk_gb > quotas.disk_gb:
+        over.append(f"disk_gb: {held.disk_gb} + {flavor.disk_gb} > {quotas.disk_gb}")
+    if over:
+        raise QuotaExceeded("quota exceeded: " + "; ".join(over))
+
+
+async def _image_for(pool: asyncpg.Pool, spec: shapes.InstanceCreate) -> asyncpg.Record:
+    image = await queries.image_by_ref(pool, spec.image)
+    if image is None:
+        raise Invalid(f"no image {spec.image!r}", ["$.image"])
+    if spec.disk_gb < image["min_disk_gb"]:
+        raise Invalid(f"image {image['name']} needs a disk of at least {image['min_disk_gb']} GiB", ["$.disk_gb"])
+    return image
+
+
+@ops("POST", "/v1/instances", summary="Create an instance; it is placed and booted asynchronously",
+     body=shapes.InstanceCreate, response=shapes.Instance, status=202)
+async def create_instance(request: web.Request) -> web.Response:
+    spec = await body(request, shapes.InstanceCreate)
+    user_data = spec.user_data.encode()
+    if len(user_data) > shapes.USER_DATA_MAX_BYTES:
+        raise Invalid(f"user_data is {len(user_data)} bytes; at most {shapes.USER_DATA_MAX_BYTES}", ["$.user_data"])
+    who = principal(request)
+    await require_role(request, spec.project_id, "member")
+    pool, writer = request.app[keys.POOL], request.app[keys.WRITER]
+    image = await _image_for(pool, spec)
+    flavor = Resources(vcpus=spec.vcpus, ram_mb=spec.ram_mb, disk_gb=spec.disk_gb)
+    token = secrets.token_urlsafe(32)
+    instance = create_with_id(
+        Instance, new_id(request, "instance"), project_id=spec.project_id,
+        owner_id=who.user_id or uuid.UUID(int=0), name=spec.name, description=spec.description,
+        tags=spec.tags, region=spec.region, flavor=flavor, image_id=image["id"],
+        user_data_size=len(user_data), user_data_sha256=hashlib.sha256(user_data).hexdigest(),
+        metadata_token_hash=hashlib.sha256(token.encode()).hexdigest(),
+    )
+    # One creator per project at a time, across API replicas: count, append, see it counted.
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"quota:{spec.project_id}")
+        if not await writer.projected(await writer.stream_head(), timeout=QUOTA_CATCH_UP_S, using=conn):
+            raise NodeUnavailable("the read models are lagging; quotas cannot be checked now — retry shortly")
+        quotas = msgspec.json.decode(
+            await conn.fetchval("SELECT quotas FROM projects WHERE id = $1", spec.project_id), type=Quotas
+        )
+        _check_quota(quotas, await queries.usage(conn, spec.project_id), flavor)
+        seeds = await writer.js.key_value(subjects.USERDATA_BUCKET)
+        await seeds.put(str(instance.id), msgspec.json.encode(InstanceSeed(metadata_token=token, user_data=spec.user_data)))
+        seq = await writer.save(instance, actor=who.key)
+        await writer.projected(seq, using=conn)
+    await writer.publish(_command(commands.PlaceInstance, instance.id, who.key))
+    return await _answer(request, instance.id, seq, 202)
+
+
+def _command(cls: type[commands.Command], instance_id: uuid.UUID, actor: str, **fields: object) -> commands.Command:
+    return cls(command_id=uuid.uuid4(), instance_id=instance_id, requested_at=datetime.now(timezone.utc),
+               actor=actor, **fields)
+
+
+@ops("GET", "/v1/instances", summary="Instances the caller may see",
+     list_of=shapes.Instance,
+     query={"state": "one state", "tag": "key or key=value, repeatable", "region": "a region",
+            "project_id": "a project", "limit": "1-500", "cursor": "from `next`"})
+async def list_instances(request: web.Request) -> web.Response:
+    return respond(await queries.instances(request.app[keys.POOL], principal(request), request.query))
+
+
+@ops("GET", "/v1/instances/{instance_id}", summary="One instance; with ?at=<RFC 3339 time>, as it was then",
+     response=shapes.Instance, query={"at": "RFC 3339 time"})
+async def get_instance(request: web.Request) -> web.Response:
+    instance_id = path_uuid(request, "instance_id")
+    if "at" in request.query:
+        return await _instance_at(request, instance_id, request.query["at"])
+    row = await queries.instance(request.app[keys.POOL], instance_id)
+    if row is None:
+        # Not projected yet (or the projector is behind): the events are the truth.
+        view = _instance_from_aggregate(await _visible(request, instance_id))
+    else:
+        try:
+            await require_role(request, row["project_id"], "reader")
+        except NotFound:
+            raise NotFound(f"instance {instance_id} not found") from None
+        view = queries.instance_shape(row)
+    return respond(view, headers=etag(view.version))
+
+
+async def _instance_at(request: web.Request, instance_id: uuid.UUID, at: str) -> web.Response:
+    try:
+        # A '+' in a query string arrives as a space unless the client encoded it.
+        when = datetime.fromisoformat(at.strip().replace(" ", "+").replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid("at must be an RFC 3339 time, e.g. 2026-11-25T10:00:00Z", ["query:at"]) from None
+    if when.tzinfo is None:
+        raise Invalid("at needs a time zone (e.g. Z)", ["query:at"])
+    await _visible(request, instance_id)
+    try:
+        then = await request.app[keys.WRITER].store.load(Instance, instance_id, at=when)
+    except NotFound:
+        raise NotFound(f"instance {instance_id} did not exist at {at}") from None
+    return respond(_instance_from_aggregate(then))
+
+
+_ACTIONS = {
+    "start": (Instance.request_start, commands.StartInstance),
+    "stop": (Instance.request_stop, commands.StopInstance),
+    "reboot": (Instance.request_reboot, commands.RebootInstance),
+}
+
+
+@ops("POST", "/v1/instances/{instance_id}/actions", summary="Start, stop or reboot an instance",
+     body=shapes.Action, response=shapes.Instance, status=202)
+async def act(request: web.Request) -> web.Response:
+    instance_id = path_uuid(request, "instance_id")
+    action = (await body(request, shapes.Action)).action
+    await _visible(request, instance_id, "member")
+    request_change, command = _ACTIONS[action]
+    who = principal(request)
+    _, seq = await request.app[keys.WRITER].change(
+        Instance, instance_id, request_change, actor=who.key, expected_version=if_match(request)
+    )
+    await request.app[keys.WRITER].publish(_command(command, instance_id, who.key))
+    return await _answer(request, instance_id, seq, 202)
+
+
+@ops("DELETE", "/v1/instances/{instance_id}", summary="Delete an instance (its domain, disks and data)",
+     response=shapes.Instance, status=202)
+async def delete_instance(request: web.Request) -> web.Response:
+    instance_id = path_uuid(request, "instance_id")
+    await _visible(request, instance_id, "member")
+    who = principal(request)
+    _, seq = await request.app[keys.WRITER].change(
+        Instance, instance_id, Instance.request_delete, actor=who.key, expected_version=if_match(request)
+    )
+    await request.app[keys.WRITER].publish(_command(commands.DeleteInstance, instance_id, who.key))
+    return await _answer(request, instance_id, seq, 202)
+
+
+@ops("GET", "/v1/instances/{instance_id}/events", summary="The instance's whole history, from the event log",
+     list_of=shapes.EventRecord)
+async def instance_events(request: web.Request) -> web.Response:
+    instance_id = path_uuid(request, "instance_id")
+    await _visible(request, instance_id)
+    history = await request.app[keys.WRITER].store.history("instance", instance_id)
+    return respond(shapes.Page(items=[record(s.seq, s.event) for s in history], next=None))
+
+
+def record(seq: int, event: object) -> shapes.EventRecord:
+    """An event as integrators see it: envelope fields on top, the rest under `data`."""
+    data = msgspec.json.decode(encode_event(event))  # type: ignore[arg-type]
+    envelope = {k: data.pop(k) for k in ("type", "id", "version", "at", "actor")}
+    return shapes.EventRecord(
+        seq=seq, type=envelope["type"], aggregate=event_type(event).split(".")[0],  # type: ignore[arg-type]
+        id=uuid.UUID(envelope["id"]), version=envelope["version"],
+        at=datetime.fromisoformat(envelope["at"].replace("Z", "+00:00")), actor=envelope["actor"], data=data,
+    )
+
+
+@ops("GET", "/v1/instances/{instance_id}/console", summary="The tail of the instance's serial console",
+     response=shapes.Console, query={"bytes": "how much of the tail (default 65536)"})
+async def console(request: web.Request) -> web.Response:
+    instance_id = path_uuid(request, "instance_id")
+    instance = await _visible(request, instance_id)
+    if instance.node_id is None or instance.state in ("deleted", "pending"):
+        raise Conflict(f"instance {instance_id} has no console while it is {instance.state}")
+    raw = request.query.get("bytes", "65536")
+    if not raw.isdigit() or not 1 <= int(raw) <= 1 << 20:
+        raise Invalid("bytes must be a whole number from 1 to 1048576", ["query:bytes"])
+    nc = request.app[keys.NATS_CLIENT]
+    ask = ConsoleRequest(instance_id=instance_id, max_bytes=int(raw))
+    try:
+        reply = await nc.request(
+            subjects.node_subject(instance.node_id, "console"), msgspec.json.encode(ask), timeout=10
+        )
+    except Exception as err:  # noqa: BLE001 — timeouts and no-responders alike mean the node is not answering
+        raise NodeUnavailable(f"node {instance.node_id} did not answer: {type(err).__name__}") from err
+    answer = msgspec.json.decode(reply.data, type=NodeReply)
+    if answer.error is not None or answer.console is None:
+        message = answer.error.message if answer.error else "no console output"
+        raise NodeUnavailable(f"node {instance.node_id}: {message}")
+    return respond(shapes.Console(instance_id=instance_id, node_id=instance.node_id, data=answer.console.data,
+                                  truncated=answer.console.truncated))

@@ -1,0 +1,145 @@
+"""/v1/projects and their members."""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from nebula_core.api import keys, queries, shapes
+from nebula_core.api.auth import principal, require_admin, require_role
+from nebula_core.api.idempotency import new_id
+from nebula_core.api.routing import Operations, body, respond
+from nebula_core.domain import Project, create_with_id
+from nebula_core.errors import Conflict, Forbidden, Invalid, NotFound
+
+ops = Operations()
+
+
+def path_uuid(request: web.Request, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info[name])
+    except ValueError as err:
+        raise NotFound(f"no {name.removesuffix('_id')} {request.match_info[name]!r}") from err
+
+
+def if_match(request: web.Request) -> int | None:
+    """The version a client says it is changing (`If-Match: "<version>"`), if it says one."""
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    value = raw.strip().strip('"')
+    if not value.isdigit():
+        raise Invalid("If-Match carries the version from the resource's ETag", ["header:If-Match"])
+    return int(value)
+
+
+def etag(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"'}
+
+
+async def project_answer(request: web.Request, project_id: uuid.UUID, seq: int, status: int) -> web.Response:
+    writer = request.app[keys.WRITER]
+    await writer.projected(seq)
+    view = await queries.project(request.app[keys.POOL], project_id)
+    if view is None:
+        raise NotFound(f"project {project_id} not found")
+    return respond(view, status, headers=etag(view.version))
+
+
+@ops("POST", "/v1/projects", summary="Create a project (cloud admins)", body=shapes.ProjectCreate,
+     response=shapes.Project, status=201)
+async def create_project(request: web.Request) -> web.Response:
+    who = require_admin(request)
+    spec = await body(request, shapes.ProjectCreate)
+    project = create_with_id(
+        Project, new_id(request, "project"), name=spec.name, description=spec.description, tags=spec.tags,
+        quotas=spec.quotas,
+    )
+    seq = await request.app[keys.WRITER].save(project, actor=who.key)
+    return await project_answer(request, project.id, seq, 201)
+
+
+@ops("GET", "/v1/projects", summary="The projects the caller is a member of (all, for admins)",
+     list_of=shapes.Project, query={"tag": "key or key=value, repeatable", "limit": "1-500", "cursor": "from `next`"})
+async def list_projects(request: web.Request) -> web.Response:
+    return respond(await queries.projects(request.app[keys.POOL], principal(request), request.query))
+
+
+@ops("GET", "/v1/projects/{project_id}", summary="One project, with what it uses of its quotas",
+     response=shapes.Project)
+async def get_project(request: web.Request) -> web.Response:
+    project_id = path_uuid(request, "project_id")
+    await require_role(request, project_id, "reader")
+    view = await queries.project(request.app[keys.POOL], project_id)
+    if view is None:
+        raise NotFound(f"project {project_id} not found")
+    return respond(view, headers=etag(view.version))
+
+
+@ops("PATCH", "/v1/projects/{project_id}", summary="Change a project (If-Match: its ETag, optional)",
+     body=shapes.ProjectPatch, response=shapes.Project)
+async def patch_project(request: web.Request) -> web.Response:
+    project_id = path_uuid(request, "project_id")
+    await require_role(request, project_id, "admin")
+    spec = await body(request, shapes.ProjectPatch)
+    who = principal(request)
+    if spec.quotas is not None and not who.is_admin:
+        raise Forbidden("only a cloud administrator may change a project's quotas")
+    _, seq = await request.app[keys.WRITER].change(
+        Project, project_id,
+        lambda p: p.update(name=spec.name, description=spec.description, tags=spec.tags, quotas=spec.quotas),
+        actor=who.key, expected_version=if_match(request),
+    )
+    return await project_answer(request, project_id, seq, 200)
+
+
+@ops("DELETE", "/v1/projects/{project_id}", summary="Delete an empty project", status=204)
+async def delete_project(request: web.Request) -> web.Response:
+    project_id = path_uuid(request, "project_id")
+    await require_role(request, project_id, "admin")
+    held = await queries.usage(request.app[keys.POOL], project_id)
+    if held.instances:
+        raise Conflict(f"project {project_id} still holds {held.instances} instance(s); delete them first")
+    writer = request.app[keys.WRITER]
+    _, seq = await writer.change(Project, project_id, lambda p: p.delete(), actor=principal(request).key,
+                                 expected_version=if_match(request))
+    await writer.projected(seq)
+    return web.Response(status=204)
+
+
+@ops("POST", "/v1/projects/{project_id}/members", summary="Give a user a role in the project",
+     body=shapes.MemberAdd, response=shapes.Member, status=201)
+async def add_member(request: web.Request) -> web.Response:
+    project_id = path_uuid(request, "project_id")
+    await require_role(request, project_id, "admin")
+    spec = await body(request, shapes.MemberAdd)
+    if not await request.app[keys.POOL].fetchval("SELECT true FROM users WHERE id = $1", spec.user_id):
+        raise Invalid(f"no user {spec.user_id}", ["$.user_id"])
+    writer = request.app[keys.WRITER]
+    _, seq = await writer.change(Project, project_id, lambda p: p.set_member(spec.user_id, spec.role),
+                                 actor=principal(request).key)
+    await writer.projected(seq)
+    return respond(shapes.Member(user_id=spec.user_id, role=spec.role), 201)
+
+
+@ops("GET", "/v1/projects/{project_id}/members", summary="The project's members and their roles",
+     list_of=shapes.Member)
+async def list_members(request: web.Request) -> web.Response:
+    project_id = path_uuid(request, "project_id")
+    await require_role(request, project_id, "reader")
+    rows = await request.app[keys.POOL].fetch(
+        "SELECT user_id, role FROM memberships WHERE project_id = $1 ORDER BY since, user_id", project_id
+    )
+    return respond(shapes.Page(items=[shapes.Member(user_id=r["user_id"], role=r["role"]) for r in rows], next=None))
+
+
+@ops("DELETE", "/v1/projects/{project_id}/members/{user_id}", summary="Take a user out of the project", status=204)
+async def remove_member(request: web.Request) -> web.Response:
+    project_id = path_uuid(request, "project_id")
+    await require_role(request, project_id, "admin")
+    user_id = path_uuid(request, "user_id")
+    writer = request.app[keys.WRITER]
+    _, seq = await writer.change(Project, project_id, lambda p: p.remove_member(user_id), actor=principal(request).key)
+    await writer.projected(seq)
+    return web.Response(status=204)

@@ -1,0 +1,217 @@
+"""Request and response bodies of the HTTP API: msgspec types, the one source of the
+validation rules and of the OpenAPI document. JSON names here are part of the contract."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from nebula_core.contract.types import ImageFormat, InstanceState, Quotas, Role
+
+# No control characters but tab and newlines: they could not reach libvirt's XML.
+_PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]*$"
+
+Name = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                 description="Letters, digits, '.', '_' and '-'; starts with a letter or digit"),
+]
+Description = Annotated[str, msgspec.Meta(max_length=1024, pattern=_PRINTABLE)]
+TagKey = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")]
+TagValue = Annotated[str, msgspec.Meta(max_length=255, pattern=_PRINTABLE)]
+Tags = Annotated[dict[TagKey, TagValue], msgspec.Meta(max_length=50)]
+Region = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
+Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+
+#: User-data is at most 64 KiB of UTF-8 (checked in bytes by the handler as well).
+USER_DATA_MAX_BYTES = 64 * 1024
+
+
+class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A request body: unknown fields are an error, not silently dropped."""
+
+
+# --- projects ------------------------------------------------------------------------
+
+
+class ProjectCreate(Body, kw_only=True):
+    name: Name
+    description: Description = ""
+    tags: Tags = {}
+    quotas: Quotas = Quotas()
+
+
+class ProjectPatch(Body, kw_only=True):
+    name: Name | None = None
+    description: Description | None = None
+    tags: Tags | None = None
+    quotas: Quotas | None = None
+
+
+class Usage(msgspec.Struct, kw_only=True):
+    instances: int = 0
+    vcpus: int = 0
+    ram_mb: int = 0
+    disk_gb: int = 0
+
+
+class Project(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    name: str
+    description: str
+    tags: dict[str, str]
+    quotas: Quotas
+    usage: Usage
+    created_at: datetime
+    updated_at: datetime
+    version: int
+
+
+# --- users and members -----------------------------------------------------------------
+
+
+class UserCreate(Body, kw_only=True):
+    name: Name
+    is_admin: bool = False
+
+
+class User(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    name: str
+    is_admin: bool
+    created_at: datetime
+    #: Shown once, in the answer to the POST that created the user; never again.
+    token: str | None = None
+
+
+class MemberAdd(Body, kw_only=True):
+    user_id: uuid.UUID
+    role: Role
+
+
+class Member(msgspec.Struct, kw_only=True):
+    user_id: uuid.UUID
+    role: Role
+
+
+# --- images --------------------------------------------------------------------------
+
+
+class ImageCreate(Body, kw_only=True):
+    name: Name
+    format: ImageFormat
+    source: Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=r"^(/|file://|https?://)")]
+    sha256: Sha256
+    size: Annotated[int, msgspec.Meta(ge=0, le=1 << 44)] = 0
+    min_disk_gb: Annotated[int, msgspec.Meta(ge=0, le=65536)] = 0
+
+
+class Image(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    name: str
+    format: ImageFormat
+    source: str
+    sha256: str
+    size: int
+    min_disk_gb: int
+    created_at: datetime
+
+
+# --- instances -----------------------------------------------------------------------
+
+
+class InstanceCreate(Body, kw_only=True):
+    project_id: uuid.UUID
+    name: Name
+    description: Description = ""
+    tags: Tags = {}
+    region: Region = "default"
+    vcpus: Annotated[int, msgspec.Meta(ge=1, le=128)]
+    ram_mb: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)]
+    disk_gb: Annotated[int, msgspec.Meta(ge=1, le=65536)]
+    #: An image's name or id.
+    image: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+    user_data: Annotated[str, msgspec.Meta(max_length=USER_DATA_MAX_BYTES)] = ""
+
+
+class Instance(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    project_id: uuid.UUID
+    name: str
+    description: str
+    tags: dict[str, str]
+    region: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    image: uuid.UUID
+    state: InstanceState
+    node_id: str | None
+    error: str
+    created_at: datetime
+    updated_at: datetime
+    booted_at: datetime | None
+    version: int
+
+
+class Action(Body, kw_only=True):
+    action: Literal["start", "stop", "reboot"]
+
+
+class Console(msgspec.Struct, kw_only=True):
+    instance_id: uuid.UUID
+    node_id: str
+    data: str
+    truncated: bool
+
+
+# --- nodes ---------------------------------------------------------------------------
+
+
+class Node(msgspec.Struct, kw_only=True):
+    id: str
+    region: str
+    capacity: dict[str, int]
+    overcommit: dict[str, float]
+    allocated: dict[str, int]
+    instances: int
+    alive: bool
+    down: bool
+    agent_version: str
+    last_heartbeat: datetime | None
+
+
+# --- events, lists, errors -----------------------------------------------------------
+
+
+class EventRecord(msgspec.Struct, kw_only=True):
+    """One event as it sits in the stream: `seq` is its global position."""
+
+    seq: int
+    type: str
+    aggregate: str
+    id: uuid.UUID
+    version: int
+    at: datetime
+    actor: str
+    data: dict[str, Any]
+
+
+class Page(msgspec.Struct, kw_only=True):
+    items: list[Any]
+    next: str | None
+
+
+class Error(msgspec.Struct, kw_only=True, omit_defaults=True):
+    code: str
+    message: str
+    fields: list[str] = []
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok", "degraded"]
+    nats: str
+    postgres: str

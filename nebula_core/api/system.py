@@ -1,0 +1,49 @@
+"""/healthz, /metrics and /v1/openapi.json: for load balancers, Prometheus and client generators."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from nebula_core.api import keys, shapes
+from nebula_core.api.routing import Operations, respond
+from nebula_core.projector import checkpoint
+
+ops = Operations()
+OPENAPI = web.AppKey("openapi", dict)
+
+
+@ops("GET", "/healthz", summary="NATS and Postgres reachable", response=shapes.Health, public=True)
+async def healthz(request: web.Request) -> web.Response:
+    nats_ok = request.app[keys.NATS_CLIENT].is_connected
+    try:
+        await asyncio.wait_for(request.app[keys.POOL].fetchval("SELECT 1"), 2.0)
+        pg_ok = True
+    except Exception:  # noqa: BLE001 — any failure means unhealthy
+        pg_ok = False
+    healthy = nats_ok and pg_ok
+    return respond(
+        shapes.Health(status="ok" if healthy else "degraded", nats="ok" if nats_ok else "unreachable",
+                      postgres="ok" if pg_ok else "unreachable"),
+        200 if healthy else 503,
+    )
+
+
+@ops("GET", "/metrics", summary="Prometheus metrics", public=True, content_type="text/plain")
+async def metrics(request: web.Request) -> web.Response:
+    registry = request.app[keys.METRICS]
+    try:
+        head = await request.app[keys.WRITER].stream_head()
+        done = await checkpoint(request.app[keys.POOL])
+        registry.stream_head.set(head)
+        registry.projection_lag.set(max(0, head - done))
+    except Exception:  # noqa: BLE001 — metrics must still answer when a backend is down
+        pass
+    return web.Response(body=generate_latest(registry.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@ops("GET", "/v1/openapi.json", summary="This document", public=True)
+async def openapi(request: web.Request) -> web.Response:
+    return respond(request.app[OPENAPI])

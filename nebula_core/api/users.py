@@ -1,0 +1,50 @@
+"""/v1/users: people and their API tokens (shown once, stored hashed)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from nebula_core.api import keys, queries, shapes
+from nebula_core.api.auth import hash_token, new_token, principal, require_admin
+from nebula_core.api.idempotency import new_id
+from nebula_core.api.routing import Operations, body, respond
+from nebula_core.domain import User, create_with_id
+from nebula_core.errors import Conflict
+
+ops = Operations()
+
+
+@ops("POST", "/v1/users", summary="Create a user and its API token (cloud admins); the token is shown once",
+     body=shapes.UserCreate, response=shapes.User, status=201)
+async def create_user(request: web.Request) -> web.Response:
+    who = require_admin(request)
+    spec = await body(request, shapes.UserCreate)
+    pool = request.app[keys.POOL]
+    if await pool.fetchval("SELECT true FROM users WHERE name = $1", spec.name):
+        raise Conflict(f"a user named {spec.name!r} exists")
+    token = new_token()
+    user = create_with_id(User, new_id(request, "user"), name=spec.name, token_hash=hash_token(token),
+                          is_admin=spec.is_admin)
+    writer = request.app[keys.WRITER]
+    await writer.projected(await writer.save(user, actor=who.key))
+    return respond(shapes.User(id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_on,
+                               token=token), 201)
+
+
+@ops("GET", "/v1/users", summary="Every user (cloud admins)", list_of=shapes.User,
+     query={"limit": "1-500", "cursor": "from `next`"})
+async def list_users(request: web.Request) -> web.Response:
+    require_admin(request)
+    where = queries.Where()
+    order, limit = where.page(request.query, "u")
+    rows = await request.app[keys.POOL].fetch(f"SELECT u.* FROM users u WHERE {where.sql()} {order}", *where.args)
+    return respond(queries.paged(rows, limit, queries.user_shape))
+
+
+@ops("GET", "/v1/users/me", summary="Who the token belongs to", response=shapes.User)
+async def whoami(request: web.Request) -> web.Response:
+    who = principal(request)
+    if who.user_id is None:
+        return respond({"id": None, "name": who.name, "is_admin": True})
+    row = await request.app[keys.POOL].fetchrow("SELECT * FROM users WHERE id = $1", who.user_id)
+    return respond(queries.user_shape(row))
