@@ -140,6 +140,18 @@ class AllInOne:
         self.postgres = await asyncio.to_thread(Postgres(self.state / "postgres").start)
         return self.postgres.dsn
 
+    async def _start_roles(self, nats_url: str, pg_dsn: str, token: str) -> None:
+        env = {
+            "NEBULA_NATS_URL": nats_url,
+            "NEBULA_PG_DSN": pg_dsn,
+            "NEBULA_ADMIN_TOKEN": token,
+            "NEBULA_STATE_DIR": str(self.state),
+        }
+        nebula = [sys.executable, "-m", "nebula_core.cli"]
+        await self.supervisor.start(Child("projector", [*nebula, "projector"], env))
+        host, port = self.settings.api_host_port
+        await self.supervisor.start(Child("api", [*nebula, "api"], env), ready=(host, port))
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
@@ -152,6 +164,7 @@ class AllInOne:
             for line in await initialize(settings):
                 log(line)
             token = self.admin_token()
+            await self._start_roles(nats_url, pg_dsn, token)
             self._banner(nats_url, pg_dsn, token)
             await stop.wait()
             log("stopping")
@@ -165,10 +178,13 @@ class AllInOne:
             "\n".join(
                 [
                     "Nebula is up.",
+                    f"  API:         http://{self.settings.api_listen}/v1  (logs: {self.state / 'logs'})",
                     f"  NATS:        {nats_url}",
                     f"  Postgres:    {pg_dsn}",
                     f"  state:       {self.state}",
                     f"  admin token: {token}",
+                    "Try:",
+                    f"  curl -H 'Authorization: Bearer {token}' http://{self.settings.api_listen}/v1/projects",
                     "Ctrl-C stops everything.",
                 ]
             ),
