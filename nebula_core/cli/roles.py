@@ -37,6 +37,14 @@ def register(app: typer.Typer) -> None:
         run_role("api", lambda stop: serve(settings, stop))
 
     @app.command()
+    def meta() -> None:
+        """Serve cloud-init NoCloud data to booting VMs (NEBULA_META_LISTEN, default 127.0.0.1:8775)."""
+        from nebula_meta.app import serve
+
+        settings = config.load()
+        run_role("meta", lambda stop: serve(settings, stop))
+
+    @app.command()
     def replay() -> None:
         """Rebuild every read model from the first event of the stream."""
         from nebula_core.projector import replay as rebuild

@@ -1,0 +1,192 @@
+"""`nebula meta`: cloud-init NoCloud over HTTP, under `/nocloud/<instance id>/<token>/`.
+
+The node writes `ds=nocloud-net;s=http://<meta>/nocloud/<id>/<token>/` into the VM's
+SMBIOS serial; cloud-init (or nebula-tiny's own client) GETs `meta-data` and `user-data`
+(both must answer 200), then `vendor-data` and `network-config`, and may POST
+`phone-home`. The token is compared, as its sha256, in constant time; a wrong token, an
+unknown instance and a deleted one all get the same 404. Requests are rate limited per
+instance. Nothing else is served but `/healthz`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+
+import yaml
+from aiohttp import web
+
+from nebula_core import nats_client
+from nebula_core.config import Settings
+from nebula_core.domain import AGGREGATES, Instance
+from nebula_core.domain.codec import Codec
+from nebula_core.errors import ConcurrencyConflict, IllegalTransition, NotFound
+from nebula_core.eventstore import EventStore
+from nebula_meta.model import Instances, Record, follow_events, follow_seeds
+
+log = logging.getLogger("nebula.meta")
+
+MODEL = web.AppKey("model", Instances)
+STORE = web.AppKey("store", EventStore)
+LIMITER = web.AppKey("limiter", "RateLimiter")
+SETTINGS = web.AppKey("settings", Settings)
+
+_NOT_FOUND = "404: Not Found"
+_DUMMY_HASH = hashlib.sha256(b"no such instance").hexdigest()
+
+
+class RateLimiter:
+    """A token bucket per instance id: `rate` requests a second, bursts up to `burst`."""
+
+    def __init__(self, rate: float = 10.0, burst: float = 30.0, remember: int = 100_000) -> None:
+        self.rate, self.burst, self.remember = rate, burst, remember
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def allow(self, key: str) -> bool:
+        now = time.monotonic()
+        tokens, last = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        self._buckets[key] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._buckets) > self.remember:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+def _authorised(request: web.Request) -> Record:
+    """The instance named by the URL if its token is right; the same 404 otherwise."""
+    if not request.app[LIMITER].allow(request.match_info["instance_id"]):
+        raise web.HTTPTooManyRequests(text="slow down")
+    try:
+        instance_id = uuid.UUID(request.match_info["instance_id"])
+    except ValueError:
+        raise web.HTTPNotFound(text=_NOT_FOUND) from None
+    record = request.app[MODEL].by_id.get(instance_id)
+    given = hashlib.sha256(request.match_info["token"].encode()).hexdigest()
+    expected = record.token_hash if record is not None else _DUMMY_HASH
+    if not hmac.compare_digest(given, expected) or record is None:
+        raise web.HTTPNotFound(text=_NOT_FOUND)
+    return record
+
+
+def _yaml(value: object) -> web.Response:
+    return web.Response(text=yaml.safe_dump(value, default_flow_style=False, sort_keys=False),
+                        content_type="text/yaml")
+
+
+routes = web.RouteTableDef()
+PREFIX = "/nocloud/{instance_id}/{token}/"
+
+
+@routes.get(PREFIX + "meta-data")
+async def meta_data(request: web.Request) -> web.Response:
+    record = _authorised(request)
+    return _yaml({
+        "instance-id": str(record.instance_id),
+        "local-hostname": record.hostname,
+        "project-id": str(record.project_id),
+        "tags": dict(record.tags),
+    })
+
+
+@routes.get(PREFIX + "user-data")
+async def user_data(request: web.Request) -> web.Response:
+    record = _authorised(request)
+    data = request.app[MODEL].user_data(record.instance_id)
+    return web.Response(body=data or b"", content_type="application/octet-stream")
+
+
+@routes.get(PREFIX + "vendor-data")
+async def vendor_data(request: web.Request) -> web.Response:
+    _authorised(request)
+    return web.Response(body=b"", content_type="text/plain")
+
+
+@routes.get(PREFIX + "network-config")
+async def network_config(request: web.Request) -> web.Response:
+    _authorised(request)
+    return _yaml({"version": 2, "ethernets": {"nic0": {"match": {"name": "e*"}, "dhcp4": True}}})
+
+
+@routes.post(PREFIX + "phone-home")
+async def phone_home(request: web.Request) -> web.Response:
+    """Record `booted_at` once: the aggregate ignores every phone-home after the first."""
+    record = _authorised(request)
+    await request.read()  # whatever the guest says (cloud-init sends its keys) is not kept
+    store = request.app[STORE]
+    now = datetime.now(timezone.utc)
+    for _ in range(5):
+        try:
+            instance = await store.load(Instance, record.instance_id)
+            instance.boot(now)
+            await store.save(instance, actor="system:meta")
+            break
+        except ConcurrencyConflict:
+            continue
+        except (IllegalTransition, NotFound) as err:
+            log.info("phone-home not recorded instance=%s reason=%s", record.instance_id, err)
+            break
+    log.info("phone-home instance=%s", record.instance_id)
+    return web.Response(text="ok\n")
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    ready = request.app[MODEL].ready.is_set()
+    return web.json_response({"status": "ok" if ready else "starting", "instances": len(request.app[MODEL].by_id)},
+                             status=200 if ready else 503)
+
+
+async def _follow(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    nc = await nats_client.connect(settings.nats_url, name="nebula-meta")
+    js = nc.jetstream()
+    app[STORE] = EventStore(js, Codec(*AGGREGATES))
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(follow_events(js, app[MODEL], stop)),
+             asyncio.create_task(follow_seeds(js, app[MODEL], stop))]
+    try:
+        await asyncio.wait_for(app[MODEL].ready.wait(), 60)
+    except asyncio.TimeoutError:
+        log.warning("still reading the instance history; serving what is known")
+    yield
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await nc.drain()
+
+
+@web.middleware
+async def plain_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Every 404 looks the same, whatever the reason: nothing to learn from probing."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return web.Response(status=404, text=_NOT_FOUND)
+
+
+def make_app(settings: Settings, *, rate: float = 10.0, burst: float = 30.0) -> web.Application:
+    app = web.Application(middlewares=[plain_errors], client_max_size=64 * 1024)
+    app[SETTINGS] = settings
+    app[MODEL] = Instances()
+    app[LIMITER] = RateLimiter(rate, burst)
+    app.add_routes(routes)
+    app.cleanup_ctx.append(_follow)
+    return app
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    runner = web.AppRunner(make_app(settings), access_log=None)
+    await runner.setup()
+    host, port = settings.meta_host_port
+    await web.TCPSite(runner, host, port).start()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

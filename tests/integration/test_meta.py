@@ -1,0 +1,128 @@
+"""The metadata service: NoCloud for booting VMs, its own read model, and its secrecy."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import aiohttp
+import msgspec
+import pytest
+import yaml
+from aiohttp.test_utils import TestServer
+
+from nebula_core.contract.kv import InstanceSeed
+from nebula_meta.app import make_app
+from tests.integration.conftest import Cloud
+from tests.integration.test_api import drive, instance_body
+from tests.support import eventually
+
+USER_DATA = "#!/bin/sh\necho 'nonce-42' \"quoted\" é\n"
+
+
+@pytest.fixture
+async def meta(cloud: Cloud) -> AsyncIterator[str]:
+    server = TestServer(make_app(cloud.settings, rate=50, burst=20), host="127.0.0.1")
+    await server.start_server()
+    yield str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+async def new_instance(cloud: Cloud, **extra: object) -> tuple[str, str]:
+    project_id = await cloud.project(f"p{uuid.uuid4().hex[:6]}")
+    if not (await cloud.pool.fetchval("SELECT count(*) FROM images")):
+        await cloud.image()
+    status, body = await cloud.admin.post("/v1/instances", instance_body(project_id, user_data=USER_DATA, **extra))
+    assert status == 202, body
+    kv = await cloud.js.key_value("nebula_userdata")
+    seed = msgspec.json.decode((await kv.get(body["id"])).value, type=InstanceSeed)
+    return body["id"], seed.metadata_token
+
+
+async def fetch(session: aiohttp.ClientSession, url: str, method: str = "GET", data: bytes | None = None):  # type: ignore[no-untyped-def]
+    async with session.request(method, url, data=data) as response:
+        return response.status, await response.read()
+
+
+async def served(session: aiohttp.ClientSession, url: str) -> bool:
+    return (await fetch(session, url))[0] == 200
+
+
+async def test_a_vm_gets_its_nocloud_data(cloud: Cloud, meta: str) -> None:
+    instance_id, token = await new_instance(cloud, name="web-7", tags={"tier": "web"})
+    seed = f"{meta}/nocloud/{instance_id}/{token}/"
+    await eventually(lambda: served(cloud.session, seed + "meta-data"))
+
+    _, meta_data = await fetch(cloud.session, seed + "meta-data")
+    status, user_data = await fetch(cloud.session, seed + "user-data")
+    vendor = await fetch(cloud.session, seed + "vendor-data")
+    _, network = await fetch(cloud.session, seed + "network-config")
+
+    document = yaml.safe_load(meta_data)
+    assert document["instance-id"] == instance_id and document["local-hostname"] == "web-7"
+    assert document["tags"] == {"tier": "web"}
+    assert status == 200 and user_data == USER_DATA.encode()  # exactly the bytes given
+    assert vendor[0] == 200
+    assert yaml.safe_load(network) == {"version": 2, "ethernets": {"nic0": {"match": {"name": "e*"}, "dhcp4": True}}}
+
+
+async def test_wrong_token_unknown_and_deleted_instances_look_alike(cloud: Cloud, meta: str) -> None:
+    instance_id, token = await new_instance(cloud)
+    gone_id, gone_token = await new_instance(cloud)
+    await eventually(lambda: served(cloud.session, f"{meta}/nocloud/{gone_id}/{gone_token}/meta-data"))
+    await drive(cloud, gone_id, "request_delete", "mark_deleted")
+    await eventually(lambda: _not_served(cloud.session, f"{meta}/nocloud/{gone_id}/{gone_token}/meta-data"))
+
+    answers = [
+        await fetch(cloud.session, f"{meta}/nocloud/{instance_id}/{token[:-1]}x/meta-data"),
+        await fetch(cloud.session, f"{meta}/nocloud/{uuid.uuid4()}/{token}/meta-data"),
+        await fetch(cloud.session, f"{meta}/nocloud/{gone_id}/{gone_token}/user-data"),
+        await fetch(cloud.session, f"{meta}/nocloud/not-a-uuid/{token}/meta-data"),
+        await fetch(cloud.session, f"{meta}/v1/projects"),
+        await fetch(cloud.session, f"{meta}/nocloud/{instance_id}/{token}/secrets"),
+    ]
+    assert len({a for a in answers}) == 1 and answers[0][0] == 404
+
+
+async def _not_served(session: aiohttp.ClientSession, url: str) -> bool:
+    return (await fetch(session, url))[0] == 404
+
+
+async def test_phone_home_records_booted_at_once(cloud: Cloud, meta: str) -> None:
+    instance_id, token = await new_instance(cloud)
+    await drive(cloud, instance_id, "schedule", "launch")
+    seed = f"{meta}/nocloud/{instance_id}/{token}/"
+    await eventually(lambda: served(cloud.session, seed + "meta-data"))
+
+    first = await fetch(cloud.session, seed + "phone-home", "POST", b"instance_id=x&hostname=web-1")
+    second = await fetch(cloud.session, seed + "phone-home", "POST", b"instance_id=x&hostname=web-1")
+
+    assert first[0] == second[0] == 200
+    booted = await eventually(lambda: _booted_at(cloud, instance_id))
+    history = (await cloud.admin.get(f"/v1/instances/{instance_id}/events"))[1]["items"]
+    assert [e["type"] for e in history].count("instance.booted") == 1
+    assert history[-1]["actor"] == "system:meta" and booted
+
+
+async def _booted_at(cloud: Cloud, instance_id: str):  # type: ignore[no-untyped-def]
+    return (await cloud.admin.get(f"/v1/instances/{instance_id}"))[1]["booted_at"]
+
+
+async def test_requests_per_instance_are_rate_limited(cloud: Cloud, meta: str) -> None:
+    instance_id, token = await new_instance(cloud)
+    seed = f"{meta}/nocloud/{instance_id}/{token}/meta-data"
+    await eventually(lambda: served(cloud.session, seed))
+    statuses = [(await fetch(cloud.session, seed))[0] for _ in range(60)]
+    assert 429 in statuses and statuses[0] == 200
+
+
+async def test_the_token_never_reaches_the_event_log_or_read_models(cloud: Cloud) -> None:
+    instance_id, token = await new_instance(cloud)
+    sub = await cloud.js.subscribe("nebula.evt.>", ordered_consumer=True, stream="NEBULA_EVENTS")
+    total = (await cloud.js.stream_info("NEBULA_EVENTS")).state.messages
+    payloads = [(await sub.next_msg(timeout=5)).data for _ in range(total)]
+    await sub.unsubscribe()
+    rows = await cloud.pool.fetch("SELECT * FROM instances")
+    assert all(token.encode() not in p for p in payloads)
+    assert token not in str([dict(r) for r in rows])
+    assert len(token) >= 43  # 256 random bits, url-safe base64
