@@ -149,6 +149,8 @@ class AllInOne:
         }
         nebula = [sys.executable, "-m", "nebula_core.cli"]
         await self.supervisor.start(Child("projector", [*nebula, "projector"], env))
+        host, port = self.settings.meta_host_port
+        await self.supervisor.start(Child("meta", [*nebula, "meta"], env), ready=(host, port))
         host, port = self.settings.api_host_port
         await self.supervisor.start(Child("api", [*nebula, "api"], env), ready=(host, port))
 
@@ -179,6 +181,7 @@ class AllInOne:
                 [
                     "Nebula is up.",
                     f"  API:         http://{self.settings.api_listen}/v1  (logs: {self.state / 'logs'})",
+                    f"  metadata:    http://{self.settings.meta_listen}/nocloud/",
                     f"  NATS:        {nats_url}",
                     f"  Postgres:    {pg_dsn}",
                     f"  state:       {self.state}",

@@ -53,9 +53,9 @@ def test_init_without_postgres_says_what_to_set(nats_server: NatsServer) -> None
 
 
 async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: Path) -> None:
-    port, api_port = free_port(), free_port()
+    port, api_port, meta_port = free_port(), free_port(), free_port()
     env = {**os.environ, "NEBULA_STATE_DIR": str(tmp_path / "state"), "NEBULA_NATS_URL": f"nats://127.0.0.1:{port}",
-           "NEBULA_API_LISTEN": f"127.0.0.1:{api_port}"}
+           "NEBULA_API_LISTEN": f"127.0.0.1:{api_port}", "NEBULA_META_LISTEN": f"127.0.0.1:{meta_port}"}
     env.pop("NEBULA_PG_DSN", None)
     proc = subprocess.Popen([*NEBULA, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -66,6 +66,8 @@ async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: 
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{api_port}/healthz") as health:
                 assert health.status == 200
+            async with http.get(f"http://127.0.0.1:{meta_port}/healthz") as meta_health:
+                assert meta_health.status == 200
             headers = {"Authorization": f"Bearer {token}"}
             async with http.post(f"http://127.0.0.1:{api_port}/v1/projects", json={"name": "first"},
                                  headers=headers) as created:
