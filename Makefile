@@ -11,7 +11,8 @@ bootstrap:
 up: bootstrap
 	$(VENV)/bin/nebula up $(UP_ARGS)
 
-test: bootstrap
+test:
+	@./ops/bootstrap.sh --test
 	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 # Regenerate the published contract under schemas/ from the code.

@@ -3,8 +3,11 @@
 # environment in .venv, and the project installed into it (editable).
 # Idempotent: a second run installs nothing new and takes a few seconds.
 #
-#   ops/bootstrap.sh            runtime + test dependencies
+#   ops/bootstrap.sh            what running Nebula needs
+#   ops/bootstrap.sh --test     that, plus what the test suite needs
 set -eu
+WITH_TESTS=0
+[ "${1:-}" = "--test" ] && WITH_TESTS=1
 
 cd "$(dirname "$0")/.."
 VENV="${NEBULA_VENV:-.venv}"
@@ -16,6 +19,11 @@ PYTHON="${PYTHON:-python3}"
 DEBS="python3 python3-venv python3-dev gcc pkg-config libvirt-dev \
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
 qemu-utils busybox-static cpio kmod zstd xz-utils"
+# For the tests only: the libraries stock cloud-init runs on. cloud-init itself is
+# unpacked, never installed (an installed cloud-init would run at this host's next boot).
+TEST_DEBS="python3-requests python3-yaml python3-jinja2 python3-configobj python3-jsonpatch \
+python3-jsonschema python3-netifaces python3-oauthlib python3-serial"
+[ "$WITH_TESTS" = 1 ] && DEBS="$DEBS $TEST_DEBS"
 
 missing=""
 for p in $DEBS; do
@@ -48,4 +56,15 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
         exit 1
     fi
     touch "$stamp"
+fi
+
+# Debian's stock cloud-init, unpacked beside the venv, for the metadata contract test.
+if [ "$WITH_TESTS" = 1 ] && [ ! -d "$VENV/cloud-init/usr/lib/python3/dist-packages/cloudinit" ]; then
+    echo "bootstrap: unpacking Debian's cloud-init into $VENV/cloud-init"
+    tmp="$(mktemp -d)"
+    (cd "$tmp" && apt-get download -qq cloud-init >/dev/null 2>&1) || {
+        apt-get update -qq && (cd "$tmp" && apt-get download -qq cloud-init)
+    }
+    dpkg-deb -x "$tmp"/cloud-init_*.deb "$VENV/cloud-init"
+    rm -rf "$tmp"
 fi

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import msgspec
@@ -126,3 +131,27 @@ async def test_the_token_never_reaches_the_event_log_or_read_models(cloud: Cloud
     assert all(token.encode() not in p for p in payloads)
     assert token not in str([dict(r) for r in rows])
     assert len(token) >= 43  # 256 random bits, url-safe base64
+
+
+async def test_stock_cloud_init_finds_and_reads_its_seed(cloud: Cloud, meta: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Debian 12's own cloud-init, given the SMBIOS serial a node writes, gets its data."""
+    instance_id, token = await new_instance(cloud, name="ci-guest")
+    seed = f"{meta}/nocloud/{instance_id}/{token}/"
+    await eventually(lambda: served(cloud.session, seed + "meta-data"))
+    serial = f"ds=nocloud-net;s={seed}"
+    probe = Path(__file__).with_name("cloudinit_probe.py")
+    unpacked = Path(sys.prefix) / "cloud-init" / "usr" / "lib" / "python3" / "dist-packages"
+    assert (unpacked / "cloudinit").is_dir(), "make test unpacks Debian's cloud-init here (ops/bootstrap.sh --test)"
+
+    process = await asyncio.create_subprocess_exec(
+        "/usr/bin/python3", str(probe), serial, str(tmp_path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(unpacked)},
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+
+    assert process.returncode == 0, err.decode()
+    got = json.loads(out)
+    assert got["found"] is True
+    assert got["instance_id"] == instance_id and got["hostname"] == "ci-guest"
+    assert got["userdata_raw"] == USER_DATA
