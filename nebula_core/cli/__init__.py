@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from nebula_core.cli import admin, roles
+from nebula_core.cli import admin, events, images, instances, nodes, projects, roles, users
 
 app = typer.Typer(
     name="nebula",
@@ -15,6 +15,8 @@ app = typer.Typer(
 )
 admin.register(app)
 roles.register(app)
+for using_the_cloud in (projects, users, images, instances, nodes, events):
+    using_the_cloud.register(app)
 
 
 def main() -> None:
