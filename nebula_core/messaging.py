@@ -17,7 +17,11 @@ from fast_depends.exceptions import ValidationError
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import NatsBroker
+from nats.js import JetStreamContext
 
+from nebula_core.contract import subjects
+from nebula_core.nats_client import servers
+from nebula_core.contract.commands import Command, command_verb
 from nebula_core.contract.node import ErrorBody, NodeReply
 from nebula_core.errors import NebulaError
 
@@ -51,10 +55,10 @@ reply_errors = ExceptionMiddleware(
 )
 
 
-def make_broker(nats_url: str | Sequence[str], *, name: str, middlewares: Sequence[Any] = (), **options: Any) -> NatsBroker:
+def make_broker(nats_url: str, *, name: str, middlewares: Sequence[Any] = (), **options: Any) -> NatsBroker:
     """A broker for role `name`, reconnecting forever; msgspec for every payload."""
     return NatsBroker(
-        nats_url,
+        servers(nats_url),
         name=f"nebula-{name}",
         serializer=MsgSpecSerializer(),
         middlewares=list(middlewares),
@@ -63,4 +67,16 @@ def make_broker(nats_url: str | Sequence[str], *, name: str, middlewares: Sequen
         logger=logging.getLogger(f"nebula.{name}.broker"),
         log_level=logging.DEBUG,
         **options,
+    )
+
+
+async def publish_command(js: JetStreamContext, command: Command) -> None:
+    """Put a command on the `NEBULA_COMMANDS` work queue. Its `command_id` is the
+    `Nats-Msg-Id`, so publishing one command twice (a retry, or several orchestrators
+    deriving the same id) stores it once."""
+    await js.publish(
+        subjects.command_subject(command_verb(command)),
+        msgspec.json.encode(command),
+        stream=subjects.COMMANDS_STREAM,
+        headers={"Nats-Msg-Id": str(command.command_id)},
     )

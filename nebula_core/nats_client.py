@@ -27,6 +27,11 @@ async def _on_reconnect() -> None:
     log.info("nats: reconnected")
 
 
+def servers(url: str) -> list[str]:
+    """`NEBULA_NATS_URL` may list a cluster's servers, comma-separated."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 async def connect(url: str, *, name: str, once: bool = False, **options: Any) -> NATS:
     """A NATS connection for role `name`. `once`: fail fast instead of retrying (CLI use)."""
     defaults: dict[str, Any] = {
@@ -44,6 +49,6 @@ async def connect(url: str, *, name: str, once: bool = False, **options: Any) ->
     else:
         defaults.update(max_reconnect_attempts=-1, reconnect_time_wait=1)
     try:
-        return await nats.connect(url, **{**defaults, **options})
+        return await nats.connect(servers(url), **{**defaults, **options})
     except (OSError, nats.errors.NoServersError, TimeoutError) as err:
         raise ConnectionError(f"cannot reach NATS at {url}: {err or type(err).__name__}") from err

@@ -43,7 +43,7 @@ class Topology:
     notes: list[str] = field(default_factory=list)
 
 
-def declare(*, replicas: int = 1, heartbeat_interval_s: float = 5.0) -> Topology:
+def declare(*, replicas: int = 1, heartbeat_interval_s: float = 5.0, command_ack_wait_s: float = 60.0) -> Topology:
     """Nebula's streams, durable consumers and KV buckets for a cluster of `replicas`."""
     events = StreamConfig(
         name=subjects.EVENTS_STREAM,
@@ -81,7 +81,9 @@ def declare(*, replicas: int = 1, heartbeat_interval_s: float = 5.0) -> Topology
         description="Placement and lifecycle commands; shared by every orchestrator replica",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=60.0,
+        # An orchestrator extends the deadline while it works; this is how long a killed
+        # one's command waits before another replica gets it.
+        ack_wait=command_ack_wait_s,
         max_ack_pending=1_000,
         filter_subject=subjects.COMMANDS_ALL,
     )

@@ -35,10 +35,17 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
 
 
 @pytest.fixture
-async def js(nc: NATS) -> JetStreamContext:
+def topology_options() -> dict[str, float]:
+    """Arguments of `topology.declare()`; a test module overrides this fixture to shorten
+    heartbeat TTLs or the command ack deadline."""
+    return {}
+
+
+@pytest.fixture
+async def js(nc: NATS, topology_options: dict[str, float]) -> JetStreamContext:
     """A JetStream context on a server holding Nebula's topology."""
     context = nc.jetstream()
-    await topology.apply(context, topology.declare())
+    await topology.apply(context, topology.declare(**topology_options))  # type: ignore[arg-type]
     return context
 
 

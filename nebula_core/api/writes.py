@@ -9,14 +9,14 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import asyncpg
-import msgspec
 from eventsourcing.domain import Aggregate
 from nats.js import JetStreamContext
 
 from nebula_core.contract import subjects
-from nebula_core.contract.commands import Command, command_verb
+from nebula_core.contract.commands import Command
 from nebula_core.errors import ConcurrencyConflict
 from nebula_core.eventstore import EventStore
+from nebula_core.messaging import publish_command
 from nebula_core.projector import checkpoint
 
 A = TypeVar("A", bound=Aggregate)
@@ -67,12 +67,7 @@ class Writer:
 
     async def publish(self, command: Command) -> None:
         """Put a command on the work queue; its `command_id` makes a repeat harmless."""
-        await self.js.publish(
-            subjects.command_subject(command_verb(command)),
-            msgspec.json.encode(command),
-            stream=subjects.COMMANDS_STREAM,
-            headers={"Nats-Msg-Id": str(command.command_id)},
-        )
+        await publish_command(self.js, command)
 
     async def projected(
         self, seq: int, timeout: float = PROJECTION_WAIT_S, using: asyncpg.Connection | None = None

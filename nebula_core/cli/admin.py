@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -67,13 +66,15 @@ def register(app: typer.Typer) -> None:
         nats_url: str = typer.Option(None, help="Use this NATS instead of starting one"),
         pg_dsn: str = typer.Option(None, help="Use this Postgres instead of the embedded one"),
         state_dir: str = typer.Option(None, help="Where the embedded servers keep their data"),
+        libvirt_uri: str = typer.Option(None, help="The node agent's libvirt (default qemu:///system; test:///default simulates)"),
+        demo: bool = typer.Option(False, "--demo", help="Also boot one nebula-tiny instance and print its console"),
     ) -> None:
         """Run a whole Nebula on this machine, in the foreground, until Ctrl-C."""
         from nebula_core.up import AllInOne
 
         settings = config.load(state_dir=state_dir)
         try:
-            asyncio.run(AllInOne(settings, nats_url=nats_url, pg_dsn=pg_dsn).run())
+            asyncio.run(AllInOne(settings, nats_url=nats_url, pg_dsn=pg_dsn, libvirt_uri=libvirt_uri, demo=demo).run())
         except KeyboardInterrupt:
             pass
         except (NebulaError, OSError, TimeoutError, RuntimeError) as err:
