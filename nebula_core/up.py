@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,9 +102,41 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def libvirt_answers(uri: str, timeout: float = 10.0) -> str | None:
+    """None when libvirt at `uri` answers; else why not."""
+    import libvirt  # here: the rest of `nebula up` does not need the binding loaded
+
+    def probe() -> None:
+        conn = libvirt.open(uri)
+        try:
+            conn.getVersion()
+        finally:
+            conn.close()
+
+    result: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            probe()
+            result.append(None)
+        except BaseException as err:  # noqa: BLE001 — reported, not raised
+            result.append(err)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        return f"no answer within {timeout:.0f} s"
+    err = result[0]
+    return None if err is None else str(err).splitlines()[0]
+
+
 class AllInOne:
-    def __init__(self, settings: Settings, *, nats_url: str | None = None, pg_dsn: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, nats_url: str | None = None, pg_dsn: str | None = None,
+                 libvirt_uri: str | None = None, demo: bool = False) -> None:
         self.settings = settings
+        self.libvirt_uri = libvirt_uri or settings.libvirt_uri
+        self.demo = demo
         self.state = Path(settings.state_dir)
         self.external_nats = nats_url
         self.external_pg = pg_dsn or settings.pg_dsn or None
@@ -153,6 +186,39 @@ class AllInOne:
         await self.supervisor.start(Child("meta", [*nebula, "meta"], env), ready=(host, port))
         host, port = self.settings.api_host_port
         await self.supervisor.start(Child("api", [*nebula, "api"], env), ready=(host, port))
+        await self.supervisor.start(Child("orchestrator", [*nebula, "orchestrator"], env))
+        node_env = {**env, "NEBULA_LIBVIRT_URI": self.libvirt_uri, "NEBULA_NODE_ID": self.settings.node_id}
+        await self.supervisor.start(Child("node", [*nebula, "node"], node_env))
+
+    def _choose_libvirt(self) -> None:
+        """qemu:///system when libvirtd answers; otherwise say so and use the test driver."""
+        if not self.libvirt_uri.startswith("qemu"):
+            return
+        why = libvirt_answers(self.libvirt_uri)
+        if why is None:
+            return
+        log(f"libvirt does not answer on {self.libvirt_uri} ({why}).")
+        log("  To run real VMs, start libvirtd (as root: ops/host/libvirt-up.sh) and run nebula up again.")
+        log("  Meanwhile the node uses libvirt's test driver (--libvirt-uri test:///default): instances are simulated.")
+        self.libvirt_uri = "test:///default"
+
+    async def _provision(self, token: str) -> int:
+        """Register nebula-tiny, and with --demo boot an instance; the demo's exit status."""
+        import aiohttp
+
+        from nebula_core import provision
+
+        base = f"http://{self.settings.api_listen}"
+        async with aiohttp.ClientSession() as session:
+            api = provision.ApiSession(session, base, token)
+            try:
+                await provision.ensure_tiny_image(api, self.state / "images", log)
+            except (RuntimeError, OSError) as err:
+                log(f"the {provision.TINY} image is not available: {err}")
+                return 1
+            if self.demo:
+                return await provision.demo(api, log, simulated=self.libvirt_uri.startswith("test:"))
+        return 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -166,9 +232,17 @@ class AllInOne:
             for line in await initialize(settings):
                 log(line)
             token = self.admin_token()
+            await asyncio.to_thread(self._choose_libvirt)
             await self._start_roles(nats_url, pg_dsn, token)
-            self._banner(nats_url, pg_dsn, token)
+            provisioning = asyncio.create_task(self._provision(token))
+            waiting = asyncio.create_task(stop.wait())
+            await asyncio.wait([provisioning, waiting], return_when=asyncio.FIRST_COMPLETED)
+            if provisioning.done():
+                self._banner(nats_url, pg_dsn, token)
+                if self.demo and provisioning.result() != 0:
+                    log("the demo did not complete; Nebula stays up (see the logs above and under logs/)")
             await stop.wait()
+            provisioning.cancel()
             log("stopping")
         finally:
             await self.supervisor.stop()
@@ -185,9 +259,14 @@ class AllInOne:
                     f"  NATS:        {nats_url}",
                     f"  Postgres:    {pg_dsn}",
                     f"  state:       {self.state}",
+                    f"  node:        {self.settings.node_id} on {self.libvirt_uri}",
                     f"  admin token: {token}",
-                    "Try:",
-                    f"  curl -H 'Authorization: Bearer {token}' http://{self.settings.api_listen}/v1/projects",
+                    "Try (the CLI finds the API and this admin token by itself on this machine):",
+                    f"  export NEBULA_STATE_DIR={self.state}",
+                    "  nebula project create demo",
+                    "  nebula instance create --project demo --name vm1 --vcpus 1 --ram 256 --disk 1 "
+                    "--image nebula-tiny --wait",
+                    "  nebula instance console vm1 --project demo",
                     "Ctrl-C stops everything.",
                 ]
             ),

@@ -1,4 +1,4 @@
-"""The long-running roles (`projector`, …) and the operator's `replay`."""
+"""The long-running roles (`projector`, `api`, `meta`, `orchestrator`, …) and the operator's `replay`."""
 
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ def register(app: typer.Typer) -> None:
 
         settings = config.load()
         run_role("meta", lambda stop: serve(settings, stop))
+
+    @app.command()
+    def orchestrator() -> None:
+        """Place instances and drive their lifecycle on the nodes (run one or more)."""
+        from nebula_core.orchestrator.service import run as serve
+
+        settings = config.load()
+        run_role("orchestrator", lambda stop: serve(settings, stop))
 
     @app.command()
     def replay() -> None:

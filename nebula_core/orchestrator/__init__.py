@@ -1,0 +1,1 @@
+"""The orchestrator: placement and lifecycle commands, node liveness, reconciliation."""

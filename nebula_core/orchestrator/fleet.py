@@ -1,0 +1,118 @@
+"""What one orchestrator knows of the compute nodes.
+
+Liveness comes from the `nebula_nodes` heartbeat bucket (a node is live while its key
+exists; the key's TTL removes a silent node). Capacity and claims come from each node's
+aggregate, the only place a claim is made: aggregates are cached here and changed under
+a per-node lock, so this process never interleaves two changes to one node; another
+orchestrator's change shows up as a `ConcurrencyConflict`, after which the node is
+reloaded and the change is tried again on the fresh state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+
+from nebula_core.contract.kv import Heartbeat
+from nebula_core.domain import Node
+from nebula_core.domain.node import node_uuid, usable
+from nebula_core.errors import ConcurrencyConflict, NotFound
+from nebula_core.eventstore import EventStore
+from nebula_core.orchestrator.placement import Candidate
+
+log = logging.getLogger("nebula.orchestrator.fleet")
+
+#: Reload-and-retry rounds for one change of a node before giving up.
+CHANGE_TRIES = 20
+
+
+class Fleet:
+    def __init__(self, store: EventStore, *, actor: str) -> None:
+        self._store = store
+        self._actor = actor
+        self.heartbeats: dict[str, Heartbeat] = {}
+        #: When each node's heartbeat was last seen to go away (monotonic clock).
+        self.lost_at: dict[str, float] = {}
+        self._nodes: dict[str, Node] = {}
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    # --- liveness ----------------------------------------------------------------------
+
+    def beat(self, heartbeat: Heartbeat) -> bool:
+        """Record a heartbeat; True when the node was not live before."""
+        returned = heartbeat.node_id not in self.heartbeats
+        self.heartbeats[heartbeat.node_id] = heartbeat
+        self.lost_at.pop(heartbeat.node_id, None)
+        return returned
+
+    def silence(self, node_id: str) -> bool:
+        """The node's key expired or was removed; True when it was live before."""
+        was_live = self.heartbeats.pop(node_id, None) is not None
+        self.lost_at.setdefault(node_id, time.monotonic())
+        return was_live
+
+    def is_live(self, node_id: str) -> bool:
+        return node_id in self.heartbeats
+
+    # --- aggregates --------------------------------------------------------------------
+
+    async def node(self, node_id: str) -> Node:
+        """The node's aggregate, cached; `NotFound` for a node that never registered."""
+        cached = self._nodes.get(node_id)
+        if cached is None:
+            cached = self._nodes[node_id] = await self._store.load(Node, node_uuid(node_id))
+        return cached
+
+    def forget(self, node_id: str) -> None:
+        self._nodes.pop(node_id, None)
+
+    async def change(self, node_id: str, change: Callable[[Node], None]) -> Node:
+        """Apply `change` to the node and append its events; retried on a fresh copy
+        after a concurrent writer. Exceptions from `change` (such as
+        `InsufficientCapacity`) propagate and leave the cache clean."""
+        async with self._locks[node_id]:
+            for _ in range(CHANGE_TRIES):
+                node = await self.node(node_id)
+                try:
+                    change(node)
+                    await self._store.save(node, actor=self._actor)
+                    return node
+                except ConcurrencyConflict:
+                    self.forget(node_id)
+                except BaseException:
+                    self.forget(node_id)
+                    raise
+            raise ConcurrencyConflict(f"node {node_id} kept changing under {CHANGE_TRIES} tries")
+
+    async def candidates(self, *, fresh: bool = False, known: set[str] = frozenset()) -> list[Candidate]:
+        """Every node placement may consider: the live ones and those known to be down."""
+        names = set(self.heartbeats) | set(self._nodes) | set(known)
+        if fresh:
+            for name in names:
+                self.forget(name)
+        found = await asyncio.gather(*(self._candidate(name) for name in sorted(names)))
+        return [c for c in found if c is not None]
+
+    async def _candidate(self, node_id: str) -> Candidate | None:
+        try:
+            node = await self.node(node_id)
+        except NotFound:
+            return None
+        return Candidate(
+            node_id=node_id,
+            region=node.region,
+            live=self.is_live(node_id) and not node.down,
+            usable=usable(node.capacity, node.overcommit),
+            free=node.free,
+        )
+
+    def claimed_by(self, instance_id: uuid.UUID) -> str | None:
+        """A cached node already holding a claim for the instance (a redelivered placement)."""
+        for node_id, node in self._nodes.items():
+            if instance_id in node.claims:
+                return node_id
+        return None
