@@ -318,6 +318,140 @@ def test_libvirt_output_reads_back_as_what_we_wrote(conn, spec: GuestSpec) -> No
     assert back.devices == domain.devices
 
 
+# What libvirt 9.0's QEMU driver (qemu:///system on Debian 12, TCG) returned for a running
+# `build_domain(kernel_spec())`: captured by starting it for real, with the host paths of
+# kernel, initrd, disk and console log written back as the spec has them.
+QEMU_DRIVER_XML = """\
+<domain type='qemu' id='25'>
+  <name>6f1c2a52-3c1e-4a8e-9d55-0b7f5e0c9a11</name>
+  <uuid>6f1c2a52-3c1e-4a8e-9d55-0b7f5e0c9a11</uuid>
+  <title>web-1</title>
+  <description>the front end</description>
+  <metadata xmlns:nebula="https://nebula.dev/xmlns/instance/1">
+    <nebula:instance>
+      <nebula:project>0e8f4b9a-51d2-4c36-8b8e-6a3f0d2c7e44</nebula:project>
+      <nebula:name>web-1</nebula:name>
+      <nebula:tags>
+        <nebula:tag key="env">prod</nebula:tag>
+        <nebula:tag key="team">web</nebula:tag>
+      </nebula:tags>
+    </nebula:instance>
+  </metadata>
+  <memory unit='KiB'>524288</memory>
+  <currentMemory unit='KiB'>524288</currentMemory>
+  <vcpu placement='static'>2</vcpu>
+  <resource>
+    <partition>/machine</partition>
+  </resource>
+  <sysinfo type='smbios'>
+    <system>
+      <entry name='serial'>ds=nocloud-net;s=http://10.0.2.2:8775/nocloud/6f1c2a52-3c1e-4a8e-9d55-0b7f5e0c9a11/Zk9vYmFy-token/</entry>
+    </system>
+  </sysinfo>
+  <os>
+    <type arch='x86_64' machine='pc-i440fx-7.2'>hvm</type>
+    <kernel>/var/lib/nebula/images/k</kernel>
+    <initrd>/var/lib/nebula/images/i</initrd>
+    <cmdline>console=ttyS0</cmdline>
+    <boot dev='hd'/>
+    <smbios mode='sysinfo'/>
+  </os>
+  <features>
+    <acpi/>
+    <apic/>
+  </features>
+  <cpu mode='custom' match='exact' check='full'>
+    <model fallback='forbid'>qemu64</model>
+    <feature policy='require' name='hypervisor'/>
+    <feature policy='require' name='lahf_lm'/>
+  </cpu>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2'/>
+      <source file='/var/lib/nebula/instances/6f1c2a52-3c1e-4a8e-9d55-0b7f5e0c9a11/disk.qcow2' index='1'/>
+      <backingStore/>
+      <target dev='vda' bus='virtio'/>
+      <alias name='virtio-disk0'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x03' function='0x0'/>
+    </disk>
+    <controller type='usb' index='0' model='piix3-uhci'>
+      <alias name='usb'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x01' function='0x2'/>
+    </controller>
+    <controller type='pci' index='0' model='pci-root'>
+      <alias name='pci.0'/>
+    </controller>
+    <interface type='user'>
+      <mac address='52:54:00:c2:13:e2'/>
+      <model type='virtio'/>
+      <alias name='net0'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x02' function='0x0'/>
+    </interface>
+    <serial type='pty'>
+      <source path='/dev/pts/0'/>
+      <log file='/var/lib/nebula/instances/6f1c2a52-3c1e-4a8e-9d55-0b7f5e0c9a11/console.log' append='off'/>
+      <target type='isa-serial' port='0'>
+        <model name='isa-serial'/>
+      </target>
+      <alias name='serial0'/>
+    </serial>
+    <console type='pty' tty='/dev/pts/0'>
+      <source path='/dev/pts/0'/>
+      <log file='/var/lib/nebula/instances/6f1c2a52-3c1e-4a8e-9d55-0b7f5e0c9a11/console.log' append='off'/>
+      <target type='serial' port='0'/>
+      <alias name='serial0'/>
+    </console>
+    <input type='mouse' bus='ps2'>
+      <alias name='input0'/>
+    </input>
+    <input type='keyboard' bus='ps2'>
+      <alias name='input1'/>
+    </input>
+    <audio id='1' type='none'/>
+    <memballoon model='virtio'>
+      <alias name='balloon0'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x04' function='0x0'/>
+    </memballoon>
+    <rng model='virtio'>
+      <backend model='random'>/dev/urandom</backend>
+      <alias name='rng0'/>
+      <address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/>
+    </rng>
+  </devices>
+  <seclabel type='dynamic' model='dac' relabel='yes'>
+    <label>+999:+994</label>
+    <imagelabel>+999:+994</imagelabel>
+  </seclabel>
+</domain>
+"""
+
+
+def test_qemu_driver_output_reads_back_as_what_we_wrote_plus_its_defaults() -> None:
+    """The QEMU driver fills in a machine type, `<boot dev='hd'/>`, a CPU model for TCG, the
+    emulator and a MAC, and adds devices we do not model; all we set comes back unchanged."""
+    domain = build_domain(kernel_spec())
+    back = GuestDomain.from_xml(QEMU_DRIVER_XML)
+    assert back.os == dataclasses.replace(domain.os, machine="pc-i440fx-7.2", boot_devs=("hd",))
+    assert back.cpu == GuestCPU(mode="custom")
+    assert back.emulator == "/usr/bin/qemu-system-x86_64"
+    assert [d.mac for d in back.devices_of(GuestInterface)] == ["52:54:00:c2:13:e2"]
+    without_defaults = dataclasses.replace(
+        back,
+        os=domain.os,
+        cpu=None,
+        emulator=None,
+        devices=tuple(
+            dataclasses.replace(d, mac=None) if isinstance(d, GuestInterface) else d for d in back.devices
+        ),
+    )
+    assert without_defaults == domain
+
+
 # --- hostile and unrepresentable text ----------------------------------------------------
 
 
