@@ -8,7 +8,9 @@ PYTEST_ARGS ?=
 bootstrap:
 	@./ops/bootstrap.sh
 
+# As root, libvirtd is started too (without systemd if need be), so VMs really boot.
 up: bootstrap
+	@if [ "$$(id -u)" = 0 ]; then ./ops/host/libvirt-up.sh "$${NEBULA_STATE_DIR:-/var/lib/nebula}" || echo "make up: libvirtd is not available; nebula up will say what it does instead"; fi
 	$(VENV)/bin/nebula up $(UP_ARGS)
 
 test:
