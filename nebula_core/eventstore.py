@@ -20,6 +20,7 @@ fact, and the retry (same message ids) completes the rest.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import OrderedDict
 from datetime import datetime
@@ -38,6 +39,8 @@ from nebula_core.errors import ConcurrencyConflict, NotFound
 
 A = TypeVar("A", bound=Aggregate)
 
+#: Histories up to this many events are read by direct gets, longer ones by a consumer.
+DIRECT_READ_MAX = 32
 #: JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check.
 WRONG_LAST_SEQUENCE = 10071
 
@@ -175,12 +178,35 @@ class EventStore:
         if last.event.version == 1:
             return [last]
         subject = subjects.event_subject(kind, aggregate_id)
+        if last.event.version <= DIRECT_READ_MAX:
+            events = await self._read_direct(subject, last)
+        else:
+            events = await self._read_consumer(subject, last)
+        for stored in events:
+            self._remember(stored.event.id, stored.event.version, stored.seq)
+        return events
+
+    async def _read_direct(self, subject: str, last: StoredEvent) -> list[StoredEvent]:
+        """A short history, one direct get per event: no consumer is created, so many
+        processes loading many small aggregates put no load on the server's consumers."""
+        events: list[StoredEvent] = []
+        seq = 1
+        while True:
+            raw = await self._js.get_msg(self._stream, seq=seq, subject=subject, next=True, direct=True)
+            assert raw.seq is not None and raw.data is not None
+            events.append(StoredEvent(raw.seq, decode_event(raw.data)))
+            if raw.seq >= last.seq:
+                return events
+            seq = raw.seq + 1
+
+    async def _read_consumer(self, subject: str, last: StoredEvent) -> list[StoredEvent]:
+        """A long history through an ordered consumer, deleted as soon as it is read."""
         sub = await self._js.subscribe(
             subject,
             stream=self._stream,
             ordered_consumer=True,
             deliver_policy=DeliverPolicy.ALL,
-            inactive_threshold=30.0,
+            inactive_threshold=10.0,
         )
         events: list[StoredEvent] = []
         try:
@@ -189,12 +215,13 @@ class EventStore:
                 seq = msg.metadata.sequence.stream
                 events.append(StoredEvent(seq, decode_event(msg.data)))
                 if seq >= last.seq:
-                    break
+                    return events
         finally:
+            consumer = getattr(sub, "_consumer", None)
             await sub.unsubscribe()
-        for stored in events:
-            self._remember(stored.event.id, stored.event.version, stored.seq)
-        return events
+            if consumer:
+                with contextlib.suppress(nats.errors.Error):
+                    await self._js.delete_consumer(self._stream, consumer)
 
     async def _last(self, kind: str, aggregate_id: uuid.UUID | str) -> StoredEvent | None:
         subject = subjects.event_subject(kind, aggregate_id)

@@ -81,9 +81,10 @@ class Orchestrator:
             title="orchestrator/heartbeats",
             description="Node heartbeats: a node is live while its key exists.",
         )
-        async def on_heartbeat(body: bytes, msg: NatsMessage) -> None:
+        async def on_heartbeat(msg: NatsMessage) -> None:
+            # Raw entries: an expiry marker has no body to decode, only its operation.
             entry = msg.raw_message
-            await self.heartbeat(entry.key, entry.operation, body)
+            await self.heartbeat(entry.key, entry.operation, entry.value or b"")
 
     # --- lifetime ----------------------------------------------------------------------
 
