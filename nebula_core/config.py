@@ -57,6 +57,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     cpu_overcommit: float = 4.0
     ram_overcommit: float = 1.0
     disk_overcommit: float = 1.0
+    #: Ask for KVM acceleration (used only if /dev/kvm works); off: QEMU's TCG emulation.
+    node_kvm: bool = False
 
     @property
     def images_dir(self) -> Path:

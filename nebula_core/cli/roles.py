@@ -53,6 +53,34 @@ def register(app: typer.Typer) -> None:
         run_role("orchestrator", lambda stop: serve(settings, stop))
 
     @app.command()
+    def node() -> None:
+        """Run this host's compute-node agent (NEBULA_NODE_ID, NEBULA_REGION, NEBULA_LIBVIRT_URI, ...)."""
+        from nebula_node.agent import run as serve
+
+        settings = config.load()
+        run_role("node", lambda stop: serve(settings, stop))
+
+    @app.command()
+    def sim(
+        nodes: int = typer.Option(..., "--nodes", min=1, max=10_000, help="How many nodes to simulate."),
+        region: str | None = typer.Option(None, help="Their region (default: NEBULA_REGION)."),
+        vcpus: int = typer.Option(32, min=1, help="vCPUs per node."),
+        ram_mb: int = typer.Option(131072, "--ram-mb", min=64, help="RAM per node, MiB."),
+        disk_gb: int = typer.Option(2000, "--disk-gb", min=1, help="Disk per node, GiB."),
+        prefix: str = typer.Option("sim", help="Node ids are <prefix>-0001, <prefix>-0002, ..."),
+        create_delay: float = typer.Option(0.0, "--create-delay", min=0.0,
+                                           help="Seconds each create takes, standing for an image fetch."),
+    ) -> None:
+        """Simulate a fleet of compute nodes on libvirt's test driver: real agents on real NATS, no guests."""
+        from nebula_core.contract.types import Resources
+        from nebula_node.sim import run_sim
+
+        settings = config.load()
+        capacity = Resources(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb)
+        run_role("sim", lambda stop: run_sim(settings, nodes, stop, capacity=capacity, region=region,
+                                             name_prefix=prefix, create_delay=create_delay))
+
+    @app.command()
     def replay() -> None:
         """Rebuild every read model from the first event of the stream."""
         from nebula_core.projector import replay as rebuild

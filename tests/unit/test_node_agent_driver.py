@@ -1,0 +1,220 @@
+"""The libvirt driver on libvirt's real test driver (a private host per test), with real
+images fetched into the cache and real disks made by qemu-img: what a create leaves
+behind, idempotency, conflicts, the lifecycle, the console, and lifecycle events."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import libvirt
+import msgspec
+import pytest
+
+from nebula_core.contract.node import CreateRequest, ImageSpec
+from nebula_core.contract.types import Resources
+from nebula_core.errors import Conflict, NotFound
+from nebula_node.domain_xml import GuestDisk, GuestDomain, GuestSerial
+from nebula_node.driver import DomainEvent, LibvirtDriver
+from nebula_node.sim import simulated_host_uri
+from tests.support import eventually
+
+GIB = 1 << 30
+SEED = "ds=nocloud-net;s=http://10.0.2.2:8775/nocloud/x/secret-token/"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def tiny_image(tmp_path: Path) -> ImageSpec:
+    """A direct-kernel image as ops/guest/build-tiny.sh lays it out (with fake contents)."""
+    source = tmp_path / "published" / "nebula-tiny"
+    source.mkdir(parents=True)
+    files = {"vmlinuz": b"not really a kernel\n" * 100, "initrd.img": b"not really an initrd\n" * 50}
+    for name, data in files.items():
+        (source / name).write_bytes(data)
+    manifest = {
+        "name": "nebula-tiny", "format": "direct-kernel", "kernel": "vmlinuz", "initrd": "initrd.img",
+        "cmdline": "console=ttyS0 quiet",
+        "files": {name: {"sha256": sha256(data), "size": len(data)} for name, data in files.items()},
+    }
+    data = json.dumps(manifest).encode()
+    (source / "manifest.json").write_bytes(data)
+    return ImageSpec(id=uuid.uuid4(), name="nebula-tiny", format="direct-kernel",
+                     source=str(source / "manifest.json"), sha256=sha256(data), size=len(data))
+
+
+@pytest.fixture
+def cloud_image(tmp_path: Path) -> ImageSpec:
+    path = tmp_path / "published" / "base.qcow2"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
+    data = path.read_bytes()
+    return ImageSpec(id=uuid.uuid4(), name="base", format="qcow2", source=f"file://{path}", sha256=sha256(data),
+                     size=len(data))
+
+
+@pytest.fixture
+async def driver(tmp_path: Path) -> AsyncIterator[LibvirtDriver]:
+    uri = simulated_host_uri(tmp_path / "host.xml", Resources(vcpus=8, ram_mb=8192))
+    driver = LibvirtDriver.for_node(uri, tmp_path / "state")
+    await driver.open()
+    yield driver
+    await driver.close()
+
+
+def request(image: ImageSpec, **changes: object) -> CreateRequest:
+    base = CreateRequest(
+        instance_id=uuid.UUID("0b8c4c8e-5d7e-4b59-9a61-3f1a2b3c4d5e"), project_id=uuid.uuid4(), name="web-1",
+        tags={"team": "infra"}, vcpus=2, ram_mb=256, disk_gb=2, image=image, seed=SEED,
+    )
+    return msgspec.structs.replace(base, **changes)
+
+
+async def domain_of(driver: LibvirtDriver, instance_id: uuid.UUID) -> GuestDomain:
+    xml = await driver._run(lambda conn: conn.lookupByName(str(instance_id)).XMLDesc(0))
+    return GuestDomain.from_xml(xml)
+
+
+def qemu_img_info(path: str) -> dict:
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True, capture_output=True)
+    return json.loads(out.stdout)
+
+
+async def test_a_direct_kernel_guest_boots_cached_files_with_a_blank_data_disk(driver, tiny_image, tmp_path):
+    req = request(tiny_image)
+
+    assert await driver.create(req) == "running"
+
+    domain = await domain_of(driver, req.instance_id)
+    cache = tmp_path / "state" / "images" / "sha256"
+    manifest = json.loads(Path(tiny_image.source).read_text())
+    assert domain.name == str(req.instance_id) and domain.uuid == req.instance_id
+    assert domain.type == "qemu"  # KVM is opt-in
+    assert domain.os.kernel == str(cache / manifest["files"]["vmlinuz"]["sha256"])
+    assert domain.os.initrd == str(cache / manifest["files"]["initrd.img"]["sha256"])
+    assert domain.os.cmdline == "console=ttyS0 quiet"
+    assert domain.sysinfo is not None and domain.sysinfo.system["serial"] == SEED
+    assert (domain.vcpus, domain.memory_mib) == (2, 256)
+    [disk] = domain.devices_of(GuestDisk)
+    assert disk.source_path == str(tmp_path / "state" / "instances" / str(req.instance_id) / "data.qcow2")
+    assert qemu_img_info(disk.source_path)["virtual-size"] == 2 * GIB
+    [serial] = domain.devices_of(GuestSerial)
+    assert serial.log_file == str(tmp_path / "state" / "instances" / str(req.instance_id) / "console.log")
+
+
+async def test_a_cloud_image_guest_gets_an_overlay_grown_to_its_disk_size(driver, cloud_image, tmp_path):
+    req = request(cloud_image, disk_gb=3)
+
+    assert await driver.create(req) == "running"
+
+    [disk] = (await domain_of(driver, req.instance_id)).devices_of(GuestDisk)
+    details = qemu_img_info(disk.source_path)
+    assert details["virtual-size"] == 3 * GIB
+    assert details["backing-filename"] == str(tmp_path / "state" / "images" / "sha256" / cloud_image.sha256)
+
+
+async def test_a_repeated_create_changes_nothing(driver, tiny_image):
+    req = request(tiny_image)
+    first = await driver.create(req)
+
+    second = await driver.create(req)
+
+    assert first == second == "running"
+    assert list(await driver.domains()) == [req.instance_id]
+
+
+async def test_a_create_that_asked_not_to_start_leaves_the_domain_off(driver, tiny_image):
+    assert await driver.create(request(tiny_image, start=False)) == "shutoff"
+
+
+async def test_a_create_with_another_flavour_or_disk_is_a_conflict(driver, tiny_image):
+    req = request(tiny_image)
+    await driver.create(req)
+
+    with pytest.raises(Conflict, match="different memory"):
+        await driver.create(msgspec.structs.replace(req, ram_mb=512))
+    with pytest.raises(Conflict):
+        await driver.create(msgspec.structs.replace(req, disk_gb=5))
+    assert await driver.status(req.instance_id) == "running"
+
+
+async def test_stop_start_reboot_and_delete_are_idempotent(driver, tiny_image, tmp_path):
+    req = request(tiny_image)
+    await driver.create(req)
+    iid = req.instance_id
+
+    assert [await driver.stop(iid, 5), await driver.stop(iid, 5)] == ["shutoff", "shutoff"]
+    assert [await driver.start(iid), await driver.start(iid)] == ["running", "running"]
+    assert await driver.stop(iid, 0) == "shutoff"
+    assert await driver.reboot(iid) == "running"  # a reboot ends running, even from off
+    assert await driver.reboot(iid) == "running"
+    assert [await driver.delete(iid), await driver.delete(iid)] == ["missing", "missing"]
+    assert await driver.status(iid) == "missing"
+    assert not (tmp_path / "state" / "instances" / str(iid)).exists()
+
+
+async def test_operating_on_a_missing_domain_is_not_found(driver):
+    missing = uuid.uuid4()
+
+    for op in (driver.start(missing), driver.stop(missing, 1), driver.reboot(missing), driver.console(missing, 10)):
+        with pytest.raises(NotFound):
+            await op
+
+
+async def test_the_console_is_the_tail_of_the_serial_log(driver, tiny_image, tmp_path):
+    req = request(tiny_image)
+    await driver.create(req)
+    log = tmp_path / "state" / "instances" / str(req.instance_id) / "console.log"
+
+    assert await driver.console(req.instance_id, 100) == ("", False)  # nothing written yet
+    log.write_bytes(b"boot\n" + b"x" * 100 + b"\nnebula: phoned home \xe2\x9c\x93\n")
+    data, truncated = await driver.console(req.instance_id, 25)
+
+    assert truncated and data == "\nnebula: phoned home \u2713\n"
+    assert await driver.console(req.instance_id, 10_000) == (log.read_text(), False)
+
+
+async def test_capacity_comes_from_the_host(driver):
+    capacity = await driver.capacity()
+
+    assert (capacity.vcpus, capacity.ram_mb) == (8, 8192)
+    assert capacity.disk_gb > 0
+
+
+async def test_every_lifecycle_event_reaches_the_listener_on_the_event_loop(tmp_path, tiny_image):
+    driver = LibvirtDriver.for_node("test:///default", tmp_path / "state", simulated=True)
+    await driver.open()
+    seen: list[DomainEvent] = []
+    loop = asyncio.get_running_loop()
+    driver.listen(lambda event: seen.append(event) if asyncio.get_running_loop() is loop else None)
+    other = libvirt.open("test:///default")  # the same host, behind the driver's back
+    try:
+        req = request(tiny_image)
+        await driver.create(req)
+        await asyncio.to_thread(lambda: other.lookupByName(str(req.instance_id)).destroy())
+        await asyncio.to_thread(lambda: other.lookupByName("test").destroy())  # not a Nebula domain
+
+        async def destroyed_seen() -> bool:
+            return _reasons(seen, req.instance_id)[-1:] == ["the domain was destroyed"]
+
+        await eventually(destroyed_seen)
+        assert _reasons(seen, req.instance_id) == [
+            "the domain was defined", "the domain was started", "the domain was destroyed"
+        ]
+        assert {e.instance_id for e in seen} == {req.instance_id}
+    finally:
+        other.close()
+        await driver.delete(req.instance_id)
+        await driver.close()
+
+
+def _reasons(events: list[DomainEvent], instance_id: uuid.UUID) -> list[str]:
+    return [e.reason for e in events if e.instance_id == instance_id]
