@@ -22,6 +22,7 @@ import msgspec
 from faststream import AckPolicy
 from faststream.exceptions import NackMessage
 from faststream.nats import JStream, KvWatch, NatsBroker, NatsMessage, PullSub
+from nats.js import JetStreamContext
 
 from nebula_core.config import Settings
 from nebula_core.contract import commands, subjects
@@ -98,12 +99,30 @@ class Orchestrator:
         self.liveness = Liveness(self.fleet, self.lifecycle, js, grace=self.settings.evacuation_grace)
         consumer = await js.consumer_info(subjects.COMMANDS_STREAM, subjects.ORCHESTRATOR_CONSUMER)
         self._keepalive_every = max(0.5, (consumer.config.ack_wait or 30.0) / 3)
+        # Know the live nodes before taking the first command: a restarted replica with
+        # commands waiting would otherwise place them on an empty fleet.
+        live = await self._load_heartbeats(js)
         await self.broker.start()
         if self.pool is not None:
             reconciler = Reconciler(self.settings, self.pool, js, self.fleet, self.liveness)
             self._tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
-        log.info("orchestrator started: strategy=%s grace=%.0fs", self.settings.placement_strategy,
-                 self.settings.evacuation_grace)
+        log.info("orchestrator started: strategy=%s grace=%.0fs, %d live nodes", self.settings.placement_strategy,
+                 self.settings.evacuation_grace, live)
+
+    async def _load_heartbeats(self, js: JetStreamContext) -> int:
+        """The heartbeats in the bucket now (the watch delivers them again, harmlessly)."""
+        bucket = await js.key_value(subjects.NODES_BUCKET)
+        watcher = await bucket.watchall()
+        count = 0
+        try:
+            async for entry in watcher:
+                if entry is None:  # the initial values are all delivered
+                    break
+                await self.heartbeat(entry.key, entry.operation, entry.value or b"")
+                count += entry.operation is None
+        finally:
+            await watcher.stop()
+        return count
 
     async def stop(self) -> None:
         for task in self._tasks:
