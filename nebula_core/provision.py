@@ -73,8 +73,23 @@ async def ensure_tiny_image(api: ApiSession, images_dir: Path, say: Callable[[st
     return str(created["id"])
 
 
+async def _live_node(api: ApiSession, deadline: float) -> bool:
+    """True once some node heartbeats (the node agent starts alongside the demo)."""
+    while time.monotonic() < deadline:
+        nodes = await api.call("GET", "/v1/nodes?limit=500")
+        if any(node["alive"] and not node["down"] for node in nodes["items"]):
+            return True
+        await asyncio.sleep(1)
+    return False
+
+
 async def demo(api: ApiSession, say: Callable[[str], None], *, simulated: bool, timeout: float = 300.0) -> int:
-    """Create a project and an instance, wait for it to phone home, print its console."""
+    """Wait for a live node, create a project and an instance, wait for it to phone home,
+    print its console."""
+    deadline = time.monotonic() + timeout
+    if not await _live_node(api, deadline):
+        say(f"demo: no node agent came up within {timeout:.0f} s (see logs/node.log)")
+        return 1
     projects = await api.call("GET", "/v1/projects?limit=500")
     project = next((p for p in projects["items"] if p["name"] == "demo"), None)
     if project is None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -129,6 +130,13 @@ def libvirt_answers(uri: str, timeout: float = 10.0) -> str | None:
         return f"no answer within {timeout:.0f} s"
     err = result[0]
     return None if err is None else str(err).splitlines()[0]
+
+
+def cli_command() -> str:
+    """How to type `nebula` here: its full path unless the one on PATH is this one."""
+    mine = Path(sys.argv[0]).resolve()
+    found = shutil.which("nebula")
+    return "nebula" if found and Path(found).resolve() == mine else str(mine)
 
 
 class AllInOne:
@@ -250,6 +258,7 @@ class AllInOne:
                 await asyncio.to_thread(self.postgres.stop)
 
     def _banner(self, nats_url: str, pg_dsn: str, token: str) -> None:
+        cli = cli_command()
         print(
             "\n".join(
                 [
@@ -261,12 +270,12 @@ class AllInOne:
                     f"  state:       {self.state}",
                     f"  node:        {self.settings.node_id} on {self.libvirt_uri}",
                     f"  admin token: {token}",
-                    "Try (the CLI finds the API and this admin token by itself on this machine):",
+                    "Try, in another shell (the CLI finds the API and this admin token by itself here):",
                     f"  export NEBULA_STATE_DIR={self.state}",
-                    "  nebula project create demo",
-                    "  nebula instance create --project demo --name vm1 --vcpus 1 --ram 256 --disk 1 "
-                    "--image nebula-tiny --wait",
-                    "  nebula instance console vm1 --project demo",
+                    f"  {cli} project create first",
+                    f"  {cli} instance create --project first --name vm1 --vcpus 1 --ram 256 --disk 1 "
+                    "--image nebula-tiny --wait --booted",
+                    f"  {cli} instance console vm1 --project first",
                     "Ctrl-C stops everything.",
                 ]
             ),

@@ -65,11 +65,13 @@ async def print_instance(cli: Cli, instance: shapes.Instance) -> None:
     ])
 
 
-async def finish(cli: Cli, instance: shapes.Instance, operation: str, wait: bool, timeout: float) -> None:
-    """Print the instance — after following it to the state `operation` leads to, with `--wait`."""
+async def finish(cli: Cli, instance: shapes.Instance, operation: str, wait: bool, timeout: float,
+                 target: str | None = None) -> None:
+    """Print the instance — after following it to the state `operation` leads to (or to
+    `target`), with `--wait`."""
     if wait:
         try:
-            instance = await waiting.follow(cli, instance, waiting.TARGET[operation], timeout)
+            instance = await waiting.follow(cli, instance, target or waiting.TARGET[operation], timeout)
         except waiting.Ended as ended:
             if cli.out.as_json:
                 cli.out.json(ended.instance)
@@ -110,9 +112,14 @@ async def create(
         help="Send this Idempotency-Key: repeating the command with it creates one instance, not two.",
         show_default=False)] = None,
     wait: WaitOption = False,
+    booted: Annotated[bool, typer.Option(
+        "--booted", help="With --wait: wait on until the guest phones home (nebula-tiny does; so does a "
+                         "cloud-init image told to phone home), so its console has its first boot.")] = False,
     timeout: TimeoutOption = waiting.DEFAULT_TIMEOUT_S,
 ) -> None:
     """Create an instance; it is placed and booted asynchronously (--wait follows it to running)."""
+    if booted and not wait:
+        raise typer.BadParameter("--booted only makes sense with --wait", param_hint="--booted")
     tags = parse_tags(tag)
     text = read_user_data(user_data) if user_data is not None else ""
     project_id = await refs.project_id(cli.api, project)
@@ -125,7 +132,7 @@ async def create(
     except ApiError as err:
         err.fields = [f"{f} ({_OPTION_OF[f]})" if f in _OPTION_OF else f for f in err.fields]
         raise
-    await finish(cli, instance, "create", wait, timeout)
+    await finish(cli, instance, "create", wait, timeout, waiting.BOOTED if booted else None)
 
 
 @command(app, "list")

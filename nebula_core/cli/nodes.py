@@ -9,7 +9,21 @@ import typer
 from nebula_core.api import shapes
 from nebula_core.cli.session import Cli, command, group
 
-app = group("node", "Compute nodes: capacity, what is allocated, and whether they are alive (cloud admins).")
+app = group(
+    "node",
+    "Alone, `nebula node` runs this host's compute-node agent (NEBULA_NODE_ID, NEBULA_REGION, "
+    "NEBULA_LIBVIRT_URI, ...). Its subcommands show the compute nodes: capacity, what is allocated, "
+    "and whether they are alive (cloud admins).",
+    runs_alone=True,
+)
+
+
+@app.callback()
+def agent(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        from nebula_core.cli.roles import node_agent
+
+        node_agent()
 
 #: (column, capacity/allocation key, overcommit key) for each resource.
 _RESOURCES = (("VCPUS", "vcpus", "cpu"), ("RAM_MB", "ram_mb", "ram"), ("DISK_GB", "disk_gb", "disk"))

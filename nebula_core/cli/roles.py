@@ -11,6 +11,14 @@ from nebula_core.cli.admin import run
 from nebula_core.runtime import connections, run_role
 
 
+def node_agent() -> None:
+    """`nebula node` (the `node` group without a subcommand): this host's agent."""
+    from nebula_node.agent import run as serve
+
+    settings = config.load()
+    run_role("node", lambda stop: serve(settings, stop))
+
+
 def register(app: typer.Typer) -> None:
     @app.command()
     def projector() -> None:
@@ -51,14 +59,6 @@ def register(app: typer.Typer) -> None:
 
         settings = config.load()
         run_role("orchestrator", lambda stop: serve(settings, stop))
-
-    @app.command()
-    def node() -> None:
-        """Run this host's compute-node agent (NEBULA_NODE_ID, NEBULA_REGION, NEBULA_LIBVIRT_URI, ...)."""
-        from nebula_node.agent import run as serve
-
-        settings = config.load()
-        run_role("node", lambda stop: serve(settings, stop))
 
     @app.command()
     def sim(

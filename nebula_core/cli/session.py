@@ -130,10 +130,11 @@ def command(group: typer.Typer, name: str, **options: Any) -> Callable[[Callable
     return register
 
 
-def group(name: str, help: str) -> typer.Typer:  # noqa: A002 — typer's own word
-    """A command group (`nebula <name> …`) whose help ends with the exit statuses."""
-    return typer.Typer(name=name, help=help, epilog=EXIT_CODES_HELP, no_args_is_help=True,
-                       add_completion=False, pretty_exceptions_enable=False)
+def group(name: str, help: str, *, runs_alone: bool = False) -> typer.Typer:  # noqa: A002 — typer's own word
+    """A command group (`nebula <name> …`) whose help ends with the exit statuses.
+    `runs_alone`: the group's callback does something of its own without a subcommand."""
+    return typer.Typer(name=name, help=help, epilog=EXIT_CODES_HELP, no_args_is_help=not runs_alone,
+                       invoke_without_command=runs_alone, add_completion=False, pretty_exceptions_enable=False)
 
 
 # --- shared parameters -------------------------------------------------------------------

@@ -21,6 +21,8 @@ from nebula_core.cli.session import EXIT_FAILED, EXIT_OK, Cli, Failed
 
 #: The state each operation leads to.
 TARGET = {"create": "running", "start": "running", "reboot": "running", "stop": "stopped", "delete": "deleted"}
+#: Not a state: running, and the guest has phoned home (`booted_at` is set).
+BOOTED = "booted"
 DEFAULT_TIMEOUT_S = 300.0
 #: First poll interval; it grows while nothing changes, up to `SLOWEST_S`, and resets on a change.
 FASTEST_S = 0.25
@@ -102,8 +104,17 @@ def label(instance: shapes.Instance) -> str:
     return f"instance {instance.name} ({instance.id})"
 
 
+def shown_state(instance: shapes.Instance, target: str) -> str:
+    """The instance's state, except that a running instance whose guest has phoned home is
+    `booted` while that is awaited (`BOOTED`)."""
+    if target == BOOTED and instance.state == "running" and instance.booted_at is not None:
+        return BOOTED
+    return instance.state
+
+
 async def follow(cli: Cli, instance: shapes.Instance, target: str, timeout: float) -> shapes.Instance:
-    """Poll until `instance` is in `target`; each change is a line on stderr. `Ended` otherwise."""
+    """Poll until `instance` is in `target` (a state, or `BOOTED`); each change is a line on
+    stderr. `Ended` otherwise."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     before: Seen | None = None
@@ -111,7 +122,7 @@ async def follow(cli: Cli, instance: shapes.Instance, target: str, timeout: floa
     spinner: Any = cli.out.err.status("") if cli.out.err.is_terminal else nullcontext()
     with spinner as status:
         while True:
-            now = Seen(instance.state, instance.error, loop.time() - started)
+            now = Seen(shown_state(instance, target), instance.error, loop.time() - started)
             judged = step(before, now, target, timeout, label(instance))
             if judged.line:
                 cli.out.note(judged.line)
