@@ -59,6 +59,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     disk_overcommit: float = 1.0
     #: Ask for KVM acceleration (used only if /dev/kvm works); off: QEMU's TCG emulation.
     node_kvm: bool = False
+    #: A libvirt network for the guests' NIC (e.g. "default"); empty: QEMU's user-mode
+    #: networking, where a guest reaches its host - and the metadata service - at 10.0.2.2.
+    node_network: str = ""
 
     @property
     def images_dir(self) -> Path:

@@ -405,11 +405,16 @@ def _run_event_loop() -> None:
 
 
 class LibvirtDriver:
-    """One node's libvirt, as idempotent async operations on Nebula domains."""
+    """One node's libvirt, as idempotent async operations on Nebula domains. Guests get
+    QEMU's user-mode networking, or a port on libvirt network `network` when it is named."""
 
-    def __init__(self, uri: str, media: GuestMedia, *, domain_type: DomainType = "qemu", disk_root: Path) -> None:
+    def __init__(
+        self, uri: str, media: GuestMedia, *, domain_type: DomainType = "qemu", disk_root: Path,
+        network: str | None = None,
+    ) -> None:
         self.uri = uri
         self.domain_type = domain_type
+        self.network = network
         self._media = media
         self._disk_root = Path(disk_root)
         self._conn: libvirt.virConnect | None = None
@@ -420,7 +425,8 @@ class LibvirtDriver:
 
     @classmethod
     def for_node(
-        cls, uri: str, state_dir: Path, *, simulated: bool = False, kvm: bool = False, fetch_delay: float = 0.0
+        cls, uri: str, state_dir: Path, *, simulated: bool = False, kvm: bool = False, fetch_delay: float = 0.0,
+        network: str | None = None,
     ) -> LibvirtDriver:
         """A driver keeping images and disks under `state_dir` (see `Settings.images_dir`);
         `fetch_delay` applies to a simulated node only."""
@@ -430,7 +436,8 @@ class LibvirtDriver:
             media = SimulatedMedia(images_dir, instances_dir, fetch_delay=fetch_delay)
         else:
             media = LocalMedia(images.ImageCache(images_dir), disks.InstanceDisks(instances_dir))
-        return cls(uri, media, domain_type="qemu" if simulated else choose_domain_type(kvm), disk_root=instances_dir)
+        return cls(uri, media, domain_type="qemu" if simulated else choose_domain_type(kvm), disk_root=instances_dir,
+                   network=network)
 
     # --- connection --------------------------------------------------------------------
 
@@ -582,6 +589,7 @@ class LibvirtDriver:
             domain_type=self.domain_type,
             kernel=media.kernel,
             disks=media.disks,
+            network=self.network,
             seed=req.seed,
             console_log=str(self._media.console_log(req.instance_id)),
         )

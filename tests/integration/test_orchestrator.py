@@ -246,3 +246,48 @@ async def test_a_killed_orchestrator_loses_no_command(stack: Stack) -> None:
     assert history.count("instance.launched") == 1
     node = await stack.node(done["node_id"])
     assert list(node.claims) == [uuid.UUID(instance_id)]
+
+
+async def test_a_domain_destroyed_behind_nebulas_back_is_recorded(stack: Stack) -> None:
+    fleet = await stack.fleet(1)
+    await stack.orchestrator()
+    project = await stack.project()
+    instance_id = await stack.create(project, "victim")
+    running = await stack.reaches(instance_id, "running")
+
+    def destroy(conn: Any) -> None:
+        conn.lookupByName(instance_id).destroy()
+
+    await fleet.driver(running["node_id"])._run(destroy)
+    await stack.reaches(instance_id, "stopped", timeout=10)
+    status, events = await stack.cloud.admin.get(f"/v1/instances/{instance_id}/events")
+    assert status == 200, events
+    last = events["items"][-1]
+    assert (last["type"], last["actor"]) == ("instance.stopped", "system:orchestrator")
+    assert last["data"]["reason"] == f"the domain is off on node {running['node_id']}: the domain was destroyed"
+    # It can be started again from the API, as any stopped instance.
+    await stack.act(instance_id, "start")
+    await stack.reaches(instance_id, "running")
+
+
+async def test_a_node_back_before_the_grace_period_reconciles_its_instances(stack: Stack) -> None:
+    fleet = await stack.fleet(1)
+    await stack.orchestrator(evacuation_grace=60.0)
+    project = await stack.project()
+    instance_id = await stack.create(project, "patient")
+    node_id = (await stack.reaches(instance_id, "running"))["node_id"]
+
+    await fleet.kill(node_id)
+    await stack.reaches(instance_id, "unknown", timeout=10)
+    assert (await stack.node(node_id)).down
+    await fleet.revive(node_id)
+    back = await stack.reaches(instance_id, "running", timeout=15)
+    assert back["node_id"] == node_id, "not evacuated: its node came back in time"
+    history = await stack.history(instance_id)
+    assert history.count("instance.lost") == 1 and "instance.rescheduled" not in history
+    assert not (await eventually(lambda: _up(stack, node_id), timeout=10)).down
+
+
+async def _up(stack: Stack, node_id: str) -> Node | None:
+    node = await stack.node(node_id)
+    return None if node.down else node

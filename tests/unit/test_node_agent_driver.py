@@ -19,7 +19,7 @@ import pytest
 from nebula_core.contract.node import CreateRequest, ImageSpec
 from nebula_core.contract.types import Resources
 from nebula_core.errors import Conflict, NotFound
-from nebula_node.domain_xml import GuestDisk, GuestDomain, GuestSerial
+from nebula_node.domain_xml import GuestDisk, GuestDomain, GuestInterface, GuestSerial
 from nebula_node.driver import DomainEvent, LibvirtDriver
 from nebula_node.sim import simulated_host_uri
 from tests.support import eventually
@@ -218,3 +218,20 @@ async def test_every_lifecycle_event_reaches_the_listener_on_the_event_loop(tmp_
 
 def _reasons(events: list[DomainEvent], instance_id: uuid.UUID) -> list[str]:
     return [e.reason for e in events if e.instance_id == instance_id]
+
+
+async def test_guests_get_user_mode_networking_or_a_port_on_the_named_network(driver, tiny_image, tmp_path):
+    req = request(tiny_image)
+    await driver.create(req)
+    [nic] = (await domain_of(driver, req.instance_id)).devices_of(GuestInterface)
+    assert (nic.type, nic.source_network) == ("user", None)
+
+    uri = simulated_host_uri(tmp_path / "bridged.xml", Resources(vcpus=8, ram_mb=8192))
+    bridged = LibvirtDriver.for_node(uri, tmp_path / "bridged", network="default")
+    await bridged.open()
+    try:
+        await bridged.create(req)
+        [nic] = (await domain_of(bridged, req.instance_id)).devices_of(GuestInterface)
+        assert (nic.type, nic.source_network) == ("network", "default")
+    finally:
+        await bridged.close()
