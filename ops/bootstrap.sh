@@ -45,12 +45,13 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "bootstrap: creating $VENV"
     "$PYTHON" -m venv "$VENV"
 fi
-# Reinstall only when the project's metadata changed since the last install.
+# Reinstall only when the project's metadata or its pinned versions changed since the
+# last install. ops/constraints.txt pins every dependency to the versions tested.
 stamp="$VENV/.nebula-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ ops/constraints.txt -nt "$stamp" ]; then
     echo "bootstrap: installing nebula into $VENV"
     log="$VENV/pip-install.log"
-    if ! { "$VENV/bin/pip" install --upgrade pip && "$VENV/bin/pip" install -e '.[test]'; } >"$log" 2>&1; then
+    if ! { "$VENV/bin/pip" install --upgrade pip && "$VENV/bin/pip" install -c ops/constraints.txt -e '.[test]'; } >"$log" 2>&1; then
         tail -n 40 "$log" >&2
         echo "bootstrap: pip install failed (full log: $log)" >&2
         exit 1

@@ -9,6 +9,7 @@ import msgspec
 
 from nebula_core.api import shapes
 from nebula_core.api.routing import Operation
+from nebula_core.contract.schemas import clean_descriptions
 
 _STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content"}
 _ERRORS = {
@@ -30,7 +31,7 @@ def document(operations: list[Operation]) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
         paths.setdefault(op.path, {})[op.method.lower()] = _operation(op, by_type)
-    return {
+    return clean_descriptions({
         "openapi": "3.1.0",
         "info": {
             "title": "Nebula API",
@@ -44,7 +45,7 @@ def document(operations: list[Operation]) -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],
-    }
+    })
 
 
 def _operation(op: Operation, by_type: dict[Any, Any]) -> dict[str, Any]:

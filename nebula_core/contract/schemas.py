@@ -4,6 +4,7 @@ AsyncAPI document of the NATS subjects. `nebula schemas --write` writes them;
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,21 @@ def asyncapi() -> dict[str, Any]:
     return document()
 
 
+def clean_descriptions(node: Any) -> Any:
+    """Docstring-born descriptions with their indentation removed: msgspec 0.23 began
+    to do this itself, and the checked-in files must not depend on which msgspec ran."""
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else clean_descriptions(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [clean_descriptions(v) for v in node]
+    return node
+
+
 def _dump(doc: Any) -> bytes:
-    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+    return (json.dumps(clean_descriptions(doc), indent=2, sort_keys=True) + "\n").encode()
 
 
 def generate() -> dict[str, bytes]:
