@@ -171,8 +171,8 @@ class NodeAgent:
         if driver is None:
             use_kvm = settings.node_kvm if kvm is None else kvm
             driver = LibvirtDriver.for_node(
-                libvirt_uri or settings.libvirt_uri, Path(settings.state_dir), simulated=simulated, kvm=use_kvm,
-                network=settings.node_network or None,
+                libvirt_uri or settings.libvirt_uri, Path(settings.state_dir), node_id=settings.node_id,
+                simulated=simulated, kvm=use_kvm, network=settings.node_network or None,
             )
             self._owns_driver = True
         else:

@@ -179,9 +179,16 @@ class GuestMetadata(GuestElement):
     project_id: uuid.UUID
     name: str
     tags: dict[str, str] = field(default_factory=dict)
+    #: The node agent that made the domain: its node id and the directory of its
+    #: instances' disks. An agent touches only domains that name it, never those of
+    #: another Nebula (a second cloud or a test run on the same host) or of other tools.
+    owner_node: str = ""
+    owner_home: str = ""
 
     def format_dom(self) -> ET.Element:
         el = ET.Element(self.TAG)
+        if self.owner_node:
+            _sub(el, _q("owner"), node=self.owner_node, home=self.owner_home)
         _sub(el, _q("project"), str(self.project_id))
         _sub(el, _q("name"), self.name)
         tags = _sub(el, _q("tags"))
@@ -196,11 +203,27 @@ class GuestMetadata(GuestElement):
         except ValueError:
             raise MalformedDomainXML("nebula:project is not a UUID") from None
         tags = el.find(_q("tags"))
+        owner = el.find(_q("owner"))
         return cls(
             project_id=project_id,
             name=_find(el, _q("name")).text or "",
             tags={} if tags is None else {_attr(t, "key"): t.text or "" for t in tags.findall(_q("tag"))},
+            owner_node="" if owner is None else owner.get("node", ""),
+            owner_home="" if owner is None else owner.get("home", ""),
         )
+
+
+def metadata_owner(xml: str) -> tuple[str, str] | None:
+    """(node, home) of ``<nebula:owner>`` in Nebula's metadata element as libvirt's
+    ``virDomainGetMetadata`` returns it (without the namespace); None if it names none."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return None
+    owner = next((el for el in root if el.tag.rpartition("}")[2] == "owner"), None)
+    if owner is None or not owner.get("node"):
+        return None
+    return owner.get("node", ""), owner.get("home", "")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -655,6 +678,8 @@ class GuestSpec:
     mac: str | None = None
     seed: str | None = None
     console_log: str | None = None
+    owner_node: str = ""
+    owner_home: str = ""
     machine: str | None = None
     emulator: str | None = None
     memballoon: bool = True
@@ -704,7 +729,8 @@ def build_domain(spec: GuestSpec) -> GuestDomain:
         uuid=spec.instance_id,
         title=re.sub(r"\r\n?|\n", " ", spec.name),
         description=spec.description or None,
-        metadata=GuestMetadata(project_id=spec.project_id, name=spec.name, tags=dict(spec.tags)),
+        metadata=GuestMetadata(project_id=spec.project_id, name=spec.name, tags=dict(spec.tags),
+                               owner_node=spec.owner_node, owner_home=spec.owner_home),
         memory_mib=spec.ram_mb,
         vcpus=spec.vcpus,
         os=guest_os,

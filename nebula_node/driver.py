@@ -49,7 +49,9 @@ from nebula_node.domain_xml import (
     GuestSpec,
     KernelBoot,
     MalformedDomainXML,
+    NEBULA_XMLNS,
     build_domain,
+    metadata_owner,
 )
 
 log = logging.getLogger("nebula.node.driver")
@@ -409,14 +411,17 @@ class LibvirtDriver:
     QEMU's user-mode networking, or a port on libvirt network `network` when it is named."""
 
     def __init__(
-        self, uri: str, media: GuestMedia, *, domain_type: DomainType = "qemu", disk_root: Path,
+        self, uri: str, media: GuestMedia, *, node_id: str, domain_type: DomainType = "qemu", disk_root: Path,
         network: str | None = None,
     ) -> None:
         self.uri = uri
+        self.node_id = node_id
         self.domain_type = domain_type
         self.network = network
         self._media = media
         self._disk_root = Path(disk_root)
+        #: Written into every domain this driver defines; the only domains it ever touches.
+        self.owner = (node_id, str(self._disk_root.absolute()))
         self._conn: libvirt.virConnect | None = None
         self._callback_id: int | None = None
         self._conn_lock = threading.Lock()
@@ -425,19 +430,19 @@ class LibvirtDriver:
 
     @classmethod
     def for_node(
-        cls, uri: str, state_dir: Path, *, simulated: bool = False, kvm: bool = False, fetch_delay: float = 0.0,
-        network: str | None = None,
+        cls, uri: str, state_dir: Path, *, node_id: str, simulated: bool = False, kvm: bool = False,
+        fetch_delay: float = 0.0, network: str | None = None,
     ) -> LibvirtDriver:
-        """A driver keeping images and disks under `state_dir` (see `Settings.images_dir`);
-        `fetch_delay` applies to a simulated node only."""
+        """Node `node_id`'s driver, keeping images and disks under `state_dir` (see
+        `Settings.images_dir`); `fetch_delay` applies to a simulated node only."""
         images_dir, instances_dir = Path(state_dir) / "images", Path(state_dir) / "instances"
         media: GuestMedia
         if simulated:
             media = SimulatedMedia(images_dir, instances_dir, fetch_delay=fetch_delay)
         else:
             media = LocalMedia(images.ImageCache(images_dir), disks.InstanceDisks(instances_dir))
-        return cls(uri, media, domain_type="qemu" if simulated else choose_domain_type(kvm), disk_root=instances_dir,
-                   network=network)
+        return cls(uri, media, node_id=node_id, domain_type="qemu" if simulated else choose_domain_type(kvm),
+                   disk_root=instances_dir, network=network)
 
     # --- connection --------------------------------------------------------------------
 
@@ -526,7 +531,8 @@ class LibvirtDriver:
         return Resources(vcpus=int(info[2]), ram_mb=int(info[1]), disk_gb=disk.total // GIB)
 
     async def domains(self) -> dict[uuid.UUID, DomainState]:
-        """Every Nebula domain (named by a UUID) libvirt holds, with its state."""
+        """Every domain of this node (named by a UUID, its metadata naming this driver's
+        owner) libvirt holds, with its state."""
 
         def listing(conn: libvirt.virConnect) -> dict[uuid.UUID, DomainState]:
             found = {}
@@ -534,7 +540,8 @@ class LibvirtDriver:
                 instance_id = instance_of(dom.name())
                 if instance_id is not None:
                     with contextlib.suppress(libvirt.libvirtError):  # undefined meanwhile
-                        found[instance_id] = domain_state(dom.state()[0])
+                        if _owner(dom) == self.owner:
+                            found[instance_id] = domain_state(dom.state()[0])
             return found
 
         return await self._run(listing)
@@ -543,7 +550,7 @@ class LibvirtDriver:
         """The domain's state, `missing` if there is none. Read-only."""
 
         def state(conn: libvirt.virConnect) -> DomainState:
-            dom = _lookup(conn, instance_id)
+            dom = self._lookup(conn, instance_id)
             return "missing" if dom is None else domain_state(dom.state()[0])
 
         return await self._lifecycle_call(state)
@@ -559,7 +566,7 @@ class LibvirtDriver:
         """
         media = await self._media.prepare(req)
         wanted = build_domain(self._guest_spec(req, media))
-        existing = await self._lifecycle_call(lambda conn: _inactive_xml(conn, req.instance_id))
+        existing = await self._lifecycle_call(lambda conn: self._inactive_xml(conn, req.instance_id))
         if existing is not None:
             try:
                 differences = spec_differences(GuestDomain.from_xml(existing), wanted)
@@ -592,6 +599,8 @@ class LibvirtDriver:
             network=self.network,
             seed=req.seed,
             console_log=str(self._media.console_log(req.instance_id)),
+            owner_node=self.owner[0],
+            owner_home=self.owner[1],
         )
 
     async def start(self, instance_id: uuid.UUID) -> DomainState:
@@ -599,7 +608,7 @@ class LibvirtDriver:
         resumed. `NotFound` if there is no domain."""
 
         def start(conn: libvirt.virConnect) -> DomainState:
-            dom = _require(conn, instance_id)
+            dom = self._require(conn, instance_id)
             state = domain_state(dom.state()[0])
             if state == "paused":
                 dom.resume()
@@ -613,12 +622,12 @@ class LibvirtDriver:
         """Power the domain off: ACPI shutdown, then destroy once `grace_seconds` have passed
         without the guest powering off (at once with a grace of 0, or when it is paused).
         Idempotent: a domain that is off stays off. `NotFound` if there is no domain."""
-        state = await self._lifecycle_call(lambda conn: domain_state(_require(conn, instance_id).state()[0]))
+        state = await self._lifecycle_call(lambda conn: domain_state(self._require(conn, instance_id).state()[0]))
         if state == "shutoff":
             return state
         if state == "running" and grace_seconds > 0:
             await self._lifecycle_call(lambda conn: _tolerate(
-                libvirt.VIR_ERR_OPERATION_INVALID, _require(conn, instance_id).shutdown))
+                libvirt.VIR_ERR_OPERATION_INVALID, self._require(conn, instance_id).shutdown))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace_seconds
             while (state := await self.status(instance_id)) not in ("shutoff", "missing"):
@@ -629,7 +638,7 @@ class LibvirtDriver:
                 return state
             log.warning("instance=%s did not power off within %gs: destroying it", instance_id, grace_seconds)
         await self._lifecycle_call(lambda conn: _tolerate(
-            libvirt.VIR_ERR_OPERATION_INVALID, _require(conn, instance_id).destroy))
+            libvirt.VIR_ERR_OPERATION_INVALID, self._require(conn, instance_id).destroy))
         return await self.status(instance_id)
 
     async def reboot(self, instance_id: uuid.UUID) -> DomainState:
@@ -637,7 +646,7 @@ class LibvirtDriver:
         off: a reboot always ends with the domain running. `NotFound` if there is none."""
 
         def reboot(conn: libvirt.virConnect) -> DomainState:
-            dom = _require(conn, instance_id)
+            dom = self._require(conn, instance_id)
             state = domain_state(dom.state()[0])
             if state == "running":
                 dom.reboot(0)
@@ -655,7 +664,7 @@ class LibvirtDriver:
         already gone is skipped, and a missing domain is success. Returns `missing`."""
 
         def delete(conn: libvirt.virConnect) -> None:
-            dom = _lookup(conn, instance_id)
+            dom = self._lookup(conn, instance_id)
             if dom is None:
                 return
             _tolerate(libvirt.VIR_ERR_OPERATION_INVALID, dom.destroy)  # not running
@@ -686,6 +695,26 @@ class LibvirtDriver:
             raise HypervisorError(f"cannot read the console log of instance {instance_id}: {err}") from err
         return data.decode("utf-8", errors="replace"), truncated
 
+    def _lookup(self, conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.virDomain | None:
+        """The instance's domain if this node made it; anyone else's counts as none."""
+        dom = _any_domain(conn, instance_id)
+        return dom if dom is not None and _owner(dom) == self.owner else None
+
+    def _require(self, conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.virDomain:
+        dom = self._lookup(conn, instance_id)
+        if dom is None:
+            raise NotFound(f"instance {instance_id} has no domain on this node")
+        return dom
+
+    def _inactive_xml(self, conn: libvirt.virConnect, instance_id: uuid.UUID) -> str | None:
+        dom = _any_domain(conn, instance_id)
+        if dom is None:
+            return None
+        if _owner(dom) != self.owner:
+            raise Conflict(f"a domain named {instance_id} exists on this host but this node agent did not make it;"
+                           " it is left alone")
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
     async def _lifecycle_call(self, call: Callable[[libvirt.virConnect], T]) -> T:
         try:
             return await self._run(call)
@@ -700,7 +729,8 @@ _UNDEFINE_FLAGS = (
 )
 
 
-def _lookup(conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.virDomain | None:
+def _any_domain(conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.virDomain | None:
+    """The domain named `instance_id`, whoever made it."""
     try:
         return conn.lookupByName(str(instance_id))
     except libvirt.libvirtError as err:
@@ -709,16 +739,15 @@ def _lookup(conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.virDoma
         raise
 
 
-def _require(conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.virDomain:
-    dom = _lookup(conn, instance_id)
-    if dom is None:
-        raise NotFound(f"instance {instance_id} has no domain on this node")
-    return dom
-
-
-def _inactive_xml(conn: libvirt.virConnect, instance_id: uuid.UUID) -> str | None:
-    dom = _lookup(conn, instance_id)
-    return None if dom is None else dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+def _owner(dom: libvirt.virDomain) -> tuple[str, str] | None:
+    """(node, home) of the node agent that made `dom`, from Nebula's metadata element."""
+    try:
+        xml = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, NEBULA_XMLNS, 0)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN_METADATA:
+            return None
+        raise
+    return metadata_owner(xml)
 
 
 def _tolerate(code: int, call: Callable[[], object]) -> None:

@@ -132,6 +132,8 @@ class Reporter:
             state = await self._driver.status(instance_id)
             if self.known.get(instance_id) == state:
                 return False
+            if reason is None and state == "missing" and instance_id not in self.known:
+                return False  # an event of a domain this node never had: another's, not ours
             why = reason or self._reasons.pop(instance_id, None) or "found by the node agent"
             return await self._report(instance_id, state, why)
 

@@ -147,7 +147,7 @@ class Fleet:
             node_dir = self.state_dir / node_id
             uri = simulated_host_uri(node_dir / "libvirt.xml", self.capacity)
             self._drivers[node_id] = LibvirtDriver.for_node(
-                uri, node_dir, simulated=True, fetch_delay=self.create_delay
+                uri, node_dir, node_id=node_id, simulated=True, fetch_delay=self.create_delay
             )
         return self._drivers[node_id]
 

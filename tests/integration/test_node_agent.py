@@ -385,14 +385,17 @@ async def test_a_starting_agent_reports_what_is_missing_and_what_is_unexpected(
     await state_of(nc, "create", kept)
     await state_of(nc, "create", lost)
     await first.stop()
-    # While the agent is away: one claimed domain vanishes, an unclaimed one appears.
+    # While the agent is away: one claimed domain vanishes, an unclaimed one of this node
+    # appears, and so does one that names no owner (another tool's, or another cloud's).
     await asyncio.to_thread(lambda: host.lookupByName(str(lost.instance_id)).destroy())
     await asyncio.to_thread(lambda: host.lookupByName(str(lost.instance_id)).undefine())
-    stranger_xml = build_domain(GuestSpec(
-        instance_id=stranger, project_id=uuid.uuid4(), name="stray", vcpus=1, ram_mb=128, domain_type="qemu",
-        kernel=KernelBoot(kernel="/nowhere/vmlinuz"),
-    )).to_xml()
-    await asyncio.to_thread(host.defineXML, stranger_xml)
+    node, home = first.driver.owner
+    for instance_id, owner in ((stranger, {"owner_node": node, "owner_home": home}), (uuid.uuid4(), {})):
+        xml = build_domain(GuestSpec(
+            instance_id=instance_id, project_id=uuid.uuid4(), name="stray", vcpus=1, ram_mb=128,
+            domain_type="qemu", kernel=KernelBoot(kernel="/nowhere/vmlinuz"), **owner,
+        )).to_xml()
+        await asyncio.to_thread(host.defineXML, xml)
     before = await last_command_seq(js)
 
     second = NodeAgent(node_settings, libvirt_uri="test:///default", simulated=True)
@@ -403,7 +406,7 @@ async def test_a_starting_agent_reports_what_is_missing_and_what_is_unexpected(
             kept.instance_id: ("running", "found when the node agent started"),
             lost.instance_id: ("missing", "found when the node agent started"),
             stranger: ("shutoff", "found when the node agent started"),
-        }  # and nothing about libvirt's own "test" domain, which is not Nebula's
+        }  # and nothing about libvirt's own "test" domain or the ownerless one, which are not this node's
         assert await second.reconcile() == 0
     finally:
         await second.stop()

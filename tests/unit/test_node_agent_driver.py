@@ -5,6 +5,7 @@ behind, idempotency, conflicts, the lifecycle, the console, and lifecycle events
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -64,7 +65,7 @@ def cloud_image(tmp_path: Path) -> ImageSpec:
 @pytest.fixture
 async def driver(tmp_path: Path) -> AsyncIterator[LibvirtDriver]:
     uri = simulated_host_uri(tmp_path / "host.xml", Resources(vcpus=8, ram_mb=8192))
-    driver = LibvirtDriver.for_node(uri, tmp_path / "state")
+    driver = LibvirtDriver.for_node(uri, tmp_path / "state", node_id="n1")
     await driver.open()
     yield driver
     await driver.close()
@@ -190,7 +191,7 @@ async def test_capacity_comes_from_the_host(driver):
 
 
 async def test_every_lifecycle_event_reaches_the_listener_on_the_event_loop(tmp_path, tiny_image):
-    driver = LibvirtDriver.for_node("test:///default", tmp_path / "state", simulated=True)
+    driver = LibvirtDriver.for_node("test:///default", tmp_path / "state", node_id="n1", simulated=True)
     await driver.open()
     seen: list[DomainEvent] = []
     loop = asyncio.get_running_loop()
@@ -227,7 +228,7 @@ async def test_guests_get_user_mode_networking_or_a_port_on_the_named_network(dr
     assert (nic.type, nic.source_network) == ("user", None)
 
     uri = simulated_host_uri(tmp_path / "bridged.xml", Resources(vcpus=8, ram_mb=8192))
-    bridged = LibvirtDriver.for_node(uri, tmp_path / "bridged", network="default")
+    bridged = LibvirtDriver.for_node(uri, tmp_path / "bridged", node_id="n1", network="default")
     await bridged.open()
     try:
         await bridged.create(req)
@@ -235,3 +236,48 @@ async def test_guests_get_user_mode_networking_or_a_port_on_the_named_network(dr
         assert (nic.type, nic.source_network) == ("network", "default")
     finally:
         await bridged.close()
+
+
+async def test_domains_another_agent_or_a_tool_made_on_the_host_are_never_touched(tmp_path, tiny_image):
+    """One host, one libvirt: this node's agent, an agent of another cloud that took the same
+    node id (another state directory), another node, and a tool that names a domain by a
+    UUID. Each agent sees and touches only the domains it made."""
+    mine = LibvirtDriver.for_node("test:///default", tmp_path / "a", node_id="n1", simulated=True)
+    twin = LibvirtDriver.for_node("test:///default", tmp_path / "b", node_id="n1", simulated=True)
+    other = LibvirtDriver.for_node("test:///default", tmp_path / "c", node_id="n2", simulated=True)
+    tool = libvirt.open("test:///default")
+    drivers = (mine, twin, other)
+    for d in drivers:
+        await d.open()
+    ours, twins, others = (request(tiny_image, instance_id=uuid.uuid4()) for _ in drivers)
+    foreign = str(uuid.uuid4())
+    try:
+        for d, req in zip(drivers, (ours, twins, others), strict=True):
+            assert await d.create(req) == "running"
+        tool.defineXML(f"<domain type='test'><name>{foreign}</name><memory>1024</memory>"
+                       "<os><type>hvm</type></os></domain>").create()
+
+        assert await mine.domains() == {ours.instance_id: "running"}
+        assert await twin.domains() == {twins.instance_id: "running"}
+        for req in (twins, others):
+            assert await mine.status(req.instance_id) == "missing"
+            assert await mine.delete(req.instance_id) == "missing"
+            for op in (mine.stop(req.instance_id, 0), mine.start(req.instance_id), mine.reboot(req.instance_id)):
+                with pytest.raises(NotFound):
+                    await op
+            with pytest.raises(Conflict, match="did not make it"):
+                await mine.create(req)
+        assert await mine.delete(uuid.UUID(foreign)) == "missing"
+
+        assert await twin.status(twins.instance_id) == "running"
+        assert await other.status(others.instance_id) == "running"
+        assert tool.lookupByName(foreign).isActive()
+    finally:
+        for d, req in zip(drivers, (ours, twins, others), strict=True):
+            await d.delete(req.instance_id)
+            await d.close()
+        with contextlib.suppress(libvirt.libvirtError):
+            dom = tool.lookupByName(foreign)
+            dom.destroy()
+            dom.undefine()
+        tool.close()
