@@ -9,6 +9,7 @@ silently running against a configuration nobody wrote down.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +32,11 @@ from nebula_core.errors import TopologyConflict
 
 #: How long JetStream remembers a `Nats-Msg-Id` to drop a repeated publish.
 DUPLICATE_WINDOW_S = 300.0
-#: User-data is at most 64 KiB (DESIGN.md); the bucket refuses anything larger.
+#: User-data is at most 64 KiB (DESIGN.md, enforced by the API). The bucket holds it as a
+#: JSON `InstanceSeed` with the token, where escaping can make a byte six (``\u0001``):
+#: the bucket's limit leaves room for the worst case and refuses anything beyond it.
 USERDATA_MAX_BYTES = 64 * 1024
+SEED_MAX_BYTES = 8 * USERDATA_MAX_BYTES
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ def declare(*, replicas: int = 1, heartbeat_interval_s: float = 5.0, command_ack
         bucket=subjects.USERDATA_BUCKET,
         description="Instance user-data, outside the immutable event log; purged on delete",
         history=1,
-        max_value_size=USERDATA_MAX_BYTES,
+        max_value_size=SEED_MAX_BYTES,
         storage=StorageType.FILE,
         replicas=replicas,
     )
@@ -172,8 +176,15 @@ async def _ensure_bucket(js: JetStreamContext, wanted: KeyValueConfig) -> str:
             "storage": (_plain(wanted.storage), _plain(have.storage)),
         }
     )
+    raised = differences.pop("max_value_size", None)
     if differences:
         raise TopologyConflict(_conflict_message(f"bucket {wanted.bucket}", differences))
+    if raised is not None:
+        want, had = raised
+        if had != -1 and (want == -1 or want > had):  # a larger limit refuses nothing it took before
+            await js.update_stream(dataclasses.replace(have, max_msg_size=want))
+            return f"bucket {wanted.bucket}: max_value_size raised from {had} to {want}"
+        raise TopologyConflict(_conflict_message(f"bucket {wanted.bucket}", {"max_value_size": raised}))
     return f"bucket {wanted.bucket}: unchanged"
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from nebula_core import nats_client
 from nebula_core.api import auth, events, images, instances, keys, nodes, projects, system, users
-from nebula_core.api.errors import errors
+from nebula_core.api.errors import MAX_BODY_BYTES, errors
 from nebula_core.api.idempotency import idempotency
 from nebula_core.api.metrics import Metrics, middleware as metrics_middleware
 from nebula_core.api.openapi import document
@@ -49,7 +49,7 @@ def make_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     app = web.Application(
         middlewares=[metrics_middleware(metrics), errors, auth.authenticate, idempotency],
-        client_max_size=256 * 1024,
+        client_max_size=MAX_BODY_BYTES,
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics

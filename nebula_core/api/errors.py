@@ -12,6 +12,10 @@ from nebula_core.errors import Invalid, NebulaError
 
 log = logging.getLogger("nebula.api")
 
+#: The largest request body the API reads: 64 KiB of user-data can take six times that
+#: as escaped JSON (`\u0001`).
+MAX_BODY_BYTES = 1 << 20
+
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -30,8 +34,11 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     try:
         return await handler(request)
     except NebulaError as err:
-        fields = err.fields if isinstance(err, Invalid) else []
-        return respond(Error(code=err.code, message=err.message, fields=fields), err.http_status)
+        return _error(err)
+    except web.HTTPRequestEntityTooLarge as err:
+        # Only user-data can make a valid body this large: name it, as for any bad field.
+        field = "$.user_data" if request.path == "/v1/instances" else "$"
+        return _error(Invalid(f"the request body is over {MAX_BODY_BYTES} bytes", [field]))
     except web.HTTPException as err:
         if err.status < 400:
             raise
@@ -41,6 +48,11 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
     except Exception:
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return respond(Error(code="internal", message="internal error; the operator's logs have the details"), 500)
+
+
+def _error(err: NebulaError) -> web.Response:
+    fields = err.fields if isinstance(err, Invalid) else []
+    return respond(Error(code=err.code, message=err.message, fields=fields), err.http_status)
 
 
 def _allow(err: web.HTTPException) -> dict[str, str] | None:

@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 import asyncpg
 import msgspec
 from aiohttp import web
+from nats.js import JetStreamContext
+from nats.js.errors import KeyWrongLastSequenceError
 
 from nebula_core.api import keys, queries, shapes
 from nebula_core.api.auth import principal, require_role
@@ -101,14 +103,7 @@ async def create_instance(request: web.Request) -> web.Response:
     pool, writer = request.app[keys.POOL], request.app[keys.WRITER]
     image = await _image_for(pool, spec)
     flavor = Resources(vcpus=spec.vcpus, ram_mb=spec.ram_mb, disk_gb=spec.disk_gb)
-    token = secrets.token_urlsafe(32)
-    instance = create_with_id(
-        Instance, new_id(request, "instance"), project_id=spec.project_id,
-        owner_id=who.user_id or uuid.UUID(int=0), name=spec.name, description=spec.description,
-        tags=spec.tags, region=spec.region, flavor=flavor, image_id=image["id"],
-        user_data_size=len(user_data), user_data_sha256=hashlib.sha256(user_data).hexdigest(),
-        metadata_token_hash=hashlib.sha256(token.encode()).hexdigest(),
-    )
+    instance_id = new_id(request, "instance")
     # One creator per project at a time, across API replicas: count, append, see it counted.
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"quota:{spec.project_id}")
@@ -118,12 +113,39 @@ async def create_instance(request: web.Request) -> web.Response:
             await conn.fetchval("SELECT quotas FROM projects WHERE id = $1", spec.project_id), type=Quotas
         )
         _check_quota(quotas, await queries.usage(conn, spec.project_id), flavor)
-        seeds = await writer.js.key_value(subjects.USERDATA_BUCKET)
-        await seeds.put(str(instance.id), msgspec.json.encode(InstanceSeed(metadata_token=token, user_data=spec.user_data)))
+        token = await _store_seed(writer.js, instance_id, spec.user_data)
+        instance = create_with_id(
+            Instance, instance_id, project_id=spec.project_id,
+            owner_id=who.user_id or uuid.UUID(int=0), name=spec.name, description=spec.description,
+            tags=spec.tags, region=spec.region, flavor=flavor, image_id=image["id"],
+            user_data_size=len(user_data), user_data_sha256=hashlib.sha256(user_data).hexdigest(),
+            metadata_token_hash=hashlib.sha256(token.encode()).hexdigest(),
+        )
         seq = await writer.save(instance, actor=who.key)
         await writer.projected(seq, using=conn)
     await writer.publish(_command(commands.PlaceInstance, instance.id, who.key))
     return await _answer(request, instance.id, seq, 202)
+
+
+async def _store_seed(js: JetStreamContext, instance_id: uuid.UUID, user_data: str) -> str:
+    """Store the instance's seed before its first event; returns its metadata token.
+
+    A seed already under the id - a twin of this request with the same Idempotency-Key,
+    or an attempt that failed before its first event - keeps its token: whichever twin
+    appends `instance.created`, the token hash in it matches the token the node is given."""
+    seeds = await js.key_value(subjects.USERDATA_BUCKET)
+    key, token = str(instance_id), secrets.token_urlsafe(32)
+    try:
+        await seeds.create(key, msgspec.json.encode(InstanceSeed(metadata_token=token, user_data=user_data)))
+        return token
+    except KeyWrongLastSequenceError:
+        entry = await seeds.get(key)
+    assert entry.value is not None and entry.revision is not None
+    seed = msgspec.json.decode(entry.value, type=InstanceSeed)
+    if seed.user_data != user_data:
+        renewed = InstanceSeed(metadata_token=seed.metadata_token, user_data=user_data)
+        await seeds.update(key, msgspec.json.encode(renewed), last=entry.revision)
+    return seed.metadata_token
 
 
 def _command(cls: type[commands.Command], instance_id: uuid.UUID, actor: str, **fields: object) -> commands.Command:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import typing
 import uuid
 from datetime import datetime
 from typing import Any
@@ -13,7 +14,7 @@ import msgspec
 
 from nebula_core.api import shapes
 from nebula_core.api.auth import Principal
-from nebula_core.contract.types import Quotas
+from nebula_core.contract.types import InstanceState, Quotas
 from nebula_core.errors import Invalid
 
 DEFAULT_LIMIT = 50
@@ -153,6 +154,8 @@ async def instances(pool: asyncpg.Pool, who: Principal, query: Any) -> shapes.Pa
             who.user_id,
         )
     if "state" in query:
+        if query["state"] not in typing.get_args(InstanceState):
+            raise Invalid(f"state must be one of {', '.join(typing.get_args(InstanceState))}", ["query:state"])
         where.add("i.state = {}", query["state"])
     else:
         where.add("i.state <> 'deleted'")

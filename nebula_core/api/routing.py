@@ -60,7 +60,7 @@ def respond(value: Any, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(body=_encoder.encode(value), status=status, content_type="application/json", headers=headers)
 
 
-_PATH = re.compile(r"at `(\$[^`]*)`")
+_PATH = re.compile(r"(?:at|in) `(\$[^`]*)`")
 _FIELD = re.compile(r"field `([^`]+)`")
 
 

@@ -30,7 +30,7 @@ Tags = Annotated[dict[TagKey, TagValue], msgspec.Meta(max_length=50)]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 
 
-class Quotas(msgspec.Struct, frozen=True, kw_only=True):
+class Quotas(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A project's limits; each counts what the project holds, not what it has asked for."""
 
     instances: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 10

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
 from datetime import datetime, timedelta
 
+import msgspec
 import pytest
 
 from nebula_core.domain import AGGREGATES, Instance
@@ -130,6 +132,9 @@ async def test_an_instance_as_it_was_at_a_past_time(cloud: Cloud) -> None:
         ({"description": "bell\x07"}, "$.description"),
         ({"user_data": "x" * (64 * 1024 + 1)}, "$.user_data"),
         ({"user_data": "é" * (40 * 1024)}, "$.user_data"),  # 80 KiB of UTF-8 in 40 Ki characters
+        ({"user_data": "x" * (400 * 1024)}, "$.user_data"),
+        ({"user_data": "\x01" * (1 << 20)}, "$.user_data"),  # a body over the API's 1 MiB
+        ({"tags": {"": "x"}}, "$.tags"),
         ({"colour": "blue"}, "$.colour"),
         ({"project_id": "not-a-uuid"}, "$.project_id"),
         ({"image": "no-such-image"}, "$.image"),
@@ -146,6 +151,65 @@ async def test_malformed_instance_bodies_get_422_naming_the_field(cloud: Cloud, 
     assert status == 422, answer
     assert answer["code"] == "invalid" and field in answer["fields"], answer
     assert (await cloud.pool.fetchval("SELECT count(*) FROM instances")) == 0  # nothing half-written
+
+
+async def test_user_data_of_64_kib_is_taken_whatever_its_bytes(cloud: Cloud) -> None:
+    project_id = await cloud.project()
+    await cloud.image()
+    user_data = "\x01" * (64 * 1024)  # six bytes each once escaped as JSON
+
+    status, created = await cloud.admin.post("/v1/instances", {**instance_body(project_id), "user_data": user_data})
+
+    assert status == 202, created
+    seed = await (await cloud.js.key_value("nebula_userdata")).get(created["id"])
+    assert msgspec.json.decode(seed.value)["user_data"] == user_data
+
+
+PROJECT = {"name": "p"}
+IMAGE = {"name": "img", "format": "qcow2", "source": "https://images.example/base.qcow2", "sha256": "a" * 64}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "field"),
+    [
+        ("POST", "/v1/projects", {**PROJECT, "quotas": {"instancez": 5}}, "$.quotas.instancez"),
+        ("POST", "/v1/projects", {**PROJECT, "quotas": {"vcpus": -1}}, "$.quotas.vcpus"),
+        ("POST", "/v1/projects", {**PROJECT, "name": "a/b"}, "$.name"),
+        ("POST", "/v1/projects", {**PROJECT, "tags": {"k" * 64: "v"}}, "$.tags"),
+        ("POST", "/v1/projects", {**PROJECT, "owner": "me"}, "$.owner"),
+        ("PATCH", "/v1/projects/{project}", {"quotas": {"ram_mb": "lots"}}, "$.quotas.ram_mb"),
+        ("PATCH", "/v1/projects/{project}", {"description": 5}, "$.description"),
+        ("POST", "/v1/projects/{project}/members", {"user_id": "nobody", "role": "member"}, "$.user_id"),
+        ("POST", "/v1/projects/{project}/members", {"user_id": str(uuid.uuid4()), "role": "owner"}, "$.role"),
+        ("POST", "/v1/users", {"name": ""}, "$.name"),
+        ("POST", "/v1/users", {"name": "bob", "is_admin": "yes"}, "$.is_admin"),
+        ("POST", "/v1/images", {**IMAGE, "format": "vmdk"}, "$.format"),
+        ("POST", "/v1/images", {**IMAGE, "sha256": "xyz"}, "$.sha256"),
+        ("POST", "/v1/images", {**IMAGE, "size": -1}, "$.size"),
+        ("POST", "/v1/images", {**IMAGE, "source": "ftp://x/y"}, "$.source"),
+        ("POST", "/v1/instances/{instance}/actions", {"action": 7}, "$.action"),
+    ],
+    ids=lambda v: str(v)[:40],
+)
+async def test_every_body_names_the_field_it_refuses(
+    cloud: Cloud, method: str, path: str, body: dict, field: str
+) -> None:
+    project_id = await cloud.project("base")
+    await cloud.image()
+    _, instance = await cloud.admin.post("/v1/instances", instance_body(project_id))
+    before = await cloud.pool.fetchval("SELECT count(*) FROM projects") + await cloud.pool.fetchval(
+        "SELECT count(*) FROM users") + await cloud.pool.fetchval("SELECT count(*) FROM images")
+    target = path.format(project=project_id, instance=instance["id"])
+
+    status, answer = await cloud.admin.call(method, target, json=body)
+
+    assert status == 422, answer
+    assert answer["code"] == "invalid" and answer["fields"] == [field], answer
+    after = await cloud.pool.fetchval("SELECT count(*) FROM projects") + await cloud.pool.fetchval(
+        "SELECT count(*) FROM users") + await cloud.pool.fetchval("SELECT count(*) FROM images")
+    assert after == before
+    _, project = await cloud.admin.get(f"/v1/projects/{project_id}")
+    assert project["version"] == 1  # a refused PATCH changed nothing
 
 
 async def test_a_missing_field_and_broken_json_get_422(cloud: Cloud) -> None:
@@ -245,6 +309,12 @@ async def test_a_repeated_post_with_an_idempotency_key_gets_the_first_answer(clo
 
     assert first[0] == again[0] == 202 and first[1] == again[1]
     assert {status for status, _ in twins} == {202} and len({body["id"] for _, body in twins}) == 1
+    # The twins' seeds never replace one another: the node gets the token the event vouches for.
+    seed = await (await cloud.js.key_value("nebula_userdata")).get(twins[0][1]["id"])
+    token = msgspec.json.decode(seed.value)["metadata_token"]
+    created = (await cloud.admin.get(f"/v1/instances/{twins[0][1]['id']}/events"))[1]["items"][0]
+    assert created["type"] == "instance.created"
+    assert created["data"]["metadata_token_hash"] == hashlib.sha256(token.encode()).hexdigest()
     assert reused[0] == 422 and reused[1]["fields"] == ["header:Idempotency-Key"]
     assert await cloud.pool.fetchval("SELECT count(*) FROM instances") == 2
     commands = await cloud.js.stream_info("NEBULA_COMMANDS")
@@ -306,13 +376,16 @@ async def test_lists_paginate_and_filter_by_tag_and_region(cloud: Cloud) -> None
     _, dbs = await cloud.admin.get("/v1/instances?tag=tier=db")
     _, us = await cloud.admin.get("/v1/instances?region=us")
     bad = await cloud.admin.get("/v1/instances?limit=0")
+    bogus = await cloud.admin.get("/v1/instances?state=bogus")
+    assert bogus[0] == 422 and bogus[1]["fields"] == ["query:state"]
     assert seen == [f"vm{i}" for i in range(7)]
     assert sorted(i["name"] for i in dbs["items"]) == ["vm1", "vm3", "vm5"]
     assert sorted(i["name"] for i in us["items"]) == ["vm5", "vm6"]
     assert bad[0] == 422
 
 
-async def test_the_event_stream_delivers_and_resumes_from_a_sequence(cloud: Cloud) -> None:
+@pytest.mark.parametrize("resume", ["Last-Event-ID", "since"])
+async def test_the_event_stream_delivers_and_resumes_from_a_sequence(cloud: Cloud, resume: str) -> None:
     user_id, alice = await cloud.user("alice")
     mine, theirs = await cloud.project("mine"), await cloud.project("theirs")
     await cloud.member(mine, user_id, "member")
@@ -321,8 +394,13 @@ async def test_the_event_stream_delivers_and_resumes_from_a_sequence(cloud: Clou
     received: list[tuple[str, str]] = []
 
     async def listen(since: int) -> None:
-        headers = {"Authorization": f"Bearer {alice.token}", "Last-Event-ID": str(since)}
-        async with cloud.session.get(cloud.base + "/v1/events", headers=headers) as response:
+        headers = {"Authorization": f"Bearer {alice.token}"}
+        url = cloud.base + "/v1/events"
+        if resume == "since":
+            url += f"?since={since}"
+        else:
+            headers["Last-Event-ID"] = str(since)
+        async with cloud.session.get(url, headers=headers) as response:
             assert response.headers["Content-Type"].startswith("text/event-stream")
             event_id = ""
             async for raw in response.content:

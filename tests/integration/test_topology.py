@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from nats.aio.client import Client as NATS
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
 from nebula_core.errors import TopologyConflict
 from nebula_ops import topology
@@ -52,6 +52,25 @@ async def test_a_conflicting_bucket_is_reported(nc: NATS) -> None:
     await js.create_key_value(bucket="nebula_nodes", history=5)
 
     with pytest.raises(TopologyConflict, match="bucket nebula_nodes.*history: declared 1, server has 5"):
+        await topology.apply(js, topology.declare())
+
+
+async def test_a_smaller_value_limit_is_raised_in_place_and_a_larger_one_refused(nc: NATS) -> None:
+    js = nc.jetstream()
+    await js.create_key_value(KeyValueConfig(bucket="nebula_userdata", history=1, max_value_size=64 * 1024))
+    kv = await js.key_value("nebula_userdata")
+    await kv.put("kept", b"seed")
+
+    report = await topology.apply(js, topology.declare())
+
+    assert f"bucket nebula_userdata: max_value_size raised from 65536 to {topology.SEED_MAX_BYTES}" in report
+    assert (await js.stream_info("KV_nebula_userdata")).config.max_msg_size == topology.SEED_MAX_BYTES
+    assert (await kv.get("kept")).value == b"seed"
+    assert "bucket nebula_userdata: unchanged" in await topology.apply(js, topology.declare())
+
+    await js.delete_key_value("nebula_userdata")
+    await js.create_key_value(KeyValueConfig(bucket="nebula_userdata", history=1, max_value_size=1 << 20))
+    with pytest.raises(TopologyConflict, match="max_value_size: declared 524288, server has 1048576"):
         await topology.apply(js, topology.declare())
 
 
