@@ -5,7 +5,7 @@ SMBIOS serial; cloud-init (or nebula-tiny's own client) GETs `meta-data` and `us
 (both must answer 200), then `vendor-data` and `network-config`, and may POST
 `phone-home`. The token is compared, as its sha256, in constant time; a wrong token, an
 unknown instance and a deleted one all get the same 404. Requests are rate limited per
-instance. Nothing else is served but `/healthz`.
+instance, refused ones per client address. Nothing else is served but `/healthz`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ _DUMMY_HASH = hashlib.sha256(b"no such instance").hexdigest()
 
 
 class RateLimiter:
-    """A token bucket per instance id: `rate` requests a second, bursts up to `burst`."""
+    """A token bucket per key: `rate` requests a second, bursts up to `burst`."""
 
     def __init__(self, rate: float = 10.0, burst: float = 30.0, remember: int = 100_000) -> None:
         self.rate, self.burst, self.remember = rate, burst, remember
@@ -61,18 +61,25 @@ class RateLimiter:
 
 
 def _authorised(request: web.Request) -> Record:
-    """The instance named by the URL if its token is right; the same 404 otherwise."""
-    if not request.app[LIMITER].allow(request.match_info["instance_id"]):
-        raise web.HTTPTooManyRequests(text="slow down")
+    """The instance named by the URL if its token is right; the same 404 otherwise.
+
+    Rate limits: a request with the right token spends from its instance's budget; a
+    refused one from the budget of the address it came from. Whoever knows an instance's
+    id, but not its token, can therefore never use up that instance's requests."""
+    limiter = request.app[LIMITER]
     try:
-        instance_id = uuid.UUID(request.match_info["instance_id"])
+        instance_id: uuid.UUID | None = uuid.UUID(request.match_info["instance_id"])
     except ValueError:
-        raise web.HTTPNotFound(text=_NOT_FOUND) from None
-    record = request.app[MODEL].by_id.get(instance_id)
+        instance_id = None
+    record = None if instance_id is None else request.app[MODEL].by_id.get(instance_id)
     given = hashlib.sha256(request.match_info["token"].encode()).hexdigest()
     expected = record.token_hash if record is not None else _DUMMY_HASH
     if not hmac.compare_digest(given, expected) or record is None:
+        if not limiter.allow(f"refused:{request.remote}"):
+            raise web.HTTPTooManyRequests(text="slow down")
         raise web.HTTPNotFound(text=_NOT_FOUND)
+    if not limiter.allow(f"instance:{record.instance_id}"):
+        raise web.HTTPTooManyRequests(text="slow down")
     return record
 
 
@@ -99,7 +106,10 @@ async def meta_data(request: web.Request) -> web.Response:
 @routes.get(PREFIX + "user-data")
 async def user_data(request: web.Request) -> web.Response:
     record = _authorised(request)
-    data = request.app[MODEL].user_data(record.instance_id)
+    model = request.app[MODEL]
+    data = model.user_data(record.instance_id)
+    if data is None and not model.seeds_read.is_set():
+        raise web.HTTPServiceUnavailable(text="starting; retry")  # not an empty answer cloud-init would keep
     return web.Response(body=data or b"", content_type="application/octet-stream")
 
 
@@ -139,7 +149,7 @@ async def phone_home(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    ready = request.app[MODEL].ready.is_set()
+    ready = request.app[MODEL].ready
     return web.json_response({"status": "ok" if ready else "starting", "instances": len(request.app[MODEL].by_id)},
                              status=200 if ready else 503)
 
@@ -153,7 +163,7 @@ async def _follow(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(follow_events(js, app[MODEL], stop)),
              asyncio.create_task(follow_seeds(js, app[MODEL], stop))]
     try:
-        await asyncio.wait_for(app[MODEL].ready.wait(), 60)
+        await asyncio.wait_for(app[MODEL].wait_ready(), 60)
     except asyncio.TimeoutError:
         log.warning("still reading the instance history; serving what is known")
     yield

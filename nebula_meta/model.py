@@ -37,11 +37,22 @@ class Record:
 
 @dataclass
 class Instances:
-    """What the metadata service knows; `ready` once the history has been read."""
+    """What the metadata service knows: `events_read` once the instances' history has been
+    read, `seeds_read` once the user-data bucket's current values have."""
 
     by_id: dict[uuid.UUID, Record] = field(default_factory=dict)
     seeds: dict[uuid.UUID, bytes] = field(default_factory=dict)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    events_read: asyncio.Event = field(default_factory=asyncio.Event)
+    seeds_read: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ready(self) -> bool:
+        """Both read: before that, a known instance could be served empty user-data, which
+        cloud-init would take as the real thing on its first boot."""
+        return self.events_read.is_set() and self.seeds_read.is_set()
+
+    async def wait_ready(self) -> None:
+        await asyncio.gather(self.events_read.wait(), self.seeds_read.wait())
 
     def apply(self, event: Event) -> None:
         if isinstance(event, InstanceCreated):
@@ -67,19 +78,19 @@ async def follow_events(js: JetStreamContext, model: Instances, stop: asyncio.Ev
         deliver_policy=DeliverPolicy.ALL,
     )
     if head == 0 or not info.state.messages:
-        model.ready.set()
+        model.events_read.set()
     try:
         while not stop.is_set():
             try:
                 message = await sub.next_msg(timeout=0.5)
             except (TimeoutError, nats.errors.TimeoutError):
-                model.ready.set()  # nothing pending: caught up
+                model.events_read.set()  # nothing pending: caught up
                 continue
             event = decode(message.data)
             if event is not None:
                 model.apply(event)
             if message.metadata.num_pending == 0:
-                model.ready.set()
+                model.events_read.set()
     finally:
         await sub.unsubscribe()
 
@@ -95,7 +106,8 @@ async def follow_seeds(js: JetStreamContext, model: Instances, stop: asyncio.Eve
             except (TimeoutError, nats.errors.TimeoutError):
                 continue
             if entry is None:
-                continue  # the end of the initial values
+                model.seeds_read.set()  # the end of the initial values
+                continue
             try:
                 instance_id = uuid.UUID(entry.key)
             except ValueError:

@@ -121,6 +121,36 @@ async def test_requests_per_instance_are_rate_limited(cloud: Cloud, meta: str) -
     assert 429 in statuses and statuses[0] == 200
 
 
+async def test_a_restarted_service_answers_with_the_user_data_at_once(cloud: Cloud, meta: str) -> None:
+    instance_id, token = await new_instance(cloud)
+    await eventually(lambda: served(cloud.session, f"{meta}/nocloud/{instance_id}/{token}/user-data"))
+
+    server = TestServer(make_app(cloud.settings), host="127.0.0.1")
+    await server.start_server()  # returns once the history and the seeds have been read
+    try:
+        fresh = str(server.make_url("")).rstrip("/")
+        health = await fetch(cloud.session, f"{fresh}/healthz")
+        answer = await fetch(cloud.session, f"{fresh}/nocloud/{instance_id}/{token}/user-data")
+    finally:
+        await server.close()
+
+    assert health[0] == 200
+    assert answer == (200, USER_DATA.encode())
+
+
+async def test_guessing_an_instances_token_never_uses_up_its_requests(cloud: Cloud, meta: str) -> None:
+    instance_id, token = await new_instance(cloud)
+    right = f"{meta}/nocloud/{instance_id}/{token}/meta-data"
+    wrong = f"{meta}/nocloud/{instance_id}/{'x' * 43}/meta-data"
+    await eventually(lambda: served(cloud.session, right))
+
+    guesses = [(await fetch(cloud.session, wrong))[0] for _ in range(60)]
+    after = [(await fetch(cloud.session, right))[0] for _ in range(5)]
+
+    assert guesses[0] == 404 and 429 in guesses and set(guesses) == {404, 429}  # the guesser is slowed
+    assert after == [200] * 5  # the instance itself is not
+
+
 async def test_the_token_never_reaches_the_event_log_or_read_models(cloud: Cloud) -> None:
     instance_id, token = await new_instance(cloud)
     sub = await cloud.js.subscribe("nebula.evt.>", ordered_consumer=True, stream="NEBULA_EVENTS")
