@@ -34,8 +34,12 @@ def stop_on_signals() -> asyncio.Event:
 
 
 @contextlib.asynccontextmanager
-async def connections(settings: Settings, role: str, *, postgres: bool = True) -> AsyncIterator[tuple[NATS, asyncpg.Pool | None]]:
-    nc = await nats_client.connect(settings.nats_url, name=f"nebula-{role}")
+async def connections(
+    settings: Settings, role: str, *, postgres: bool = True, once: bool = False
+) -> AsyncIterator[tuple[NATS, asyncpg.Pool | None]]:
+    """NATS and Postgres for `role`; `once`: fail at once if NATS is away (commands that
+    end), instead of waiting for it (services that run)."""
+    nc = await nats_client.connect(settings.nats_url, name=f"nebula-{role}", once=once)
     pool = None
     try:
         if postgres:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import typer
 
@@ -81,16 +82,21 @@ def register(app: typer.Typer) -> None:
                                              name_prefix=prefix, create_delay=create_delay))
 
     @app.command()
-    def replay() -> None:
+    def replay(
+        as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    ) -> None:
         """Rebuild every read model from the first event of the stream."""
         from nebula_core.projector import replay as rebuild
 
         settings = config.load()
 
         async def main() -> int:
-            async with connections(settings, "replay") as (nc, pool):
+            async with connections(settings, "replay", once=True) as (nc, pool):
                 assert pool is not None
                 return await rebuild(nc.jetstream(), pool)
 
         last = run(main)
-        typer.echo(f"read models rebuilt from sequence 1 to {last}")
+        if as_json:
+            typer.echo(json.dumps({"rebuilt_from": 1, "rebuilt_to": last}))
+        else:
+            typer.echo(f"read models rebuilt from sequence 1 to {last}")
