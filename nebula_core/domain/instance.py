@@ -66,6 +66,9 @@ class Instance(Aggregate):
         self.node_id: str | None = None
         self.error = ""
         self.booted_at: datetime | None = None
+        #: Its domain was last known off (stopped, as asked or on its own): an evacuation
+        #: rebuilds it off too, rather than booting what its owner had shut down.
+        self.powered_off = False
 
     def _require(self, action: str, *allowed: str) -> None:
         if self.state not in allowed:
@@ -136,18 +139,19 @@ class Instance(Aggregate):
 
     @event("Launched")
     def _launched(self) -> None:
-        self.state = "running"
+        self.state, self.powered_off = "running", False
 
     def mark_stopped(self, reason: str = "") -> None:
         """The domain is off: as asked, or the guest shut itself down, or found so after an outage."""
         if self.state == "stopped":
             return
-        self._require("mark stopped", "stopping", "running", "rebooting", "starting", "unknown")
+        # From `scheduled`: an instance that was off, rebuilt off on another node.
+        self._require("mark stopped", "stopping", "running", "rebooting", "starting", "unknown", "scheduled")
         self._stopped(reason)
 
     @event("Stopped")
     def _stopped(self, reason: str = "") -> None:
-        self.state = "stopped"
+        self.state, self.powered_off = "stopped", True
 
     def mark_started(self) -> None:
         """The domain runs again: after a start, or found running after an outage."""
@@ -158,7 +162,7 @@ class Instance(Aggregate):
 
     @event("Started")
     def _started(self) -> None:
-        self.state = "running"
+        self.state, self.powered_off = "running", False
 
     def mark_rebooted(self) -> None:
         if self.state == "running":

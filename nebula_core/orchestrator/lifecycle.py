@@ -33,7 +33,14 @@ from nebula_core.contract.node import (
 )
 from nebula_core.domain import Image, Instance
 from nebula_core.domain.instance import PLACED
-from nebula_core.errors import ConcurrencyConflict, IllegalTransition, InsufficientCapacity, NotFound, NodeUnavailable
+from nebula_core.errors import (
+    ConcurrencyConflict,
+    IllegalTransition,
+    InsufficientCapacity,
+    NebulaError,
+    NodeUnavailable,
+    NotFound,
+)
 from nebula_core.eventstore import EventStore
 from nebula_core.orchestrator.fleet import Fleet
 from nebula_core.orchestrator.nodes import NodeClient, NodeError
@@ -157,9 +164,21 @@ class Lifecycle:
             await self._nodes.call(node_id, "create", request)
         except (NodeError, NodeUnavailable) as err:
             await self.fail(instance_id, str(err))
+            # A node that timed out may still finish the create (its agent runs the delete
+            # after it), and one that failed may have left disks: leave nothing behind
+            # that no claim accounts for.
+            try:
+                await self._nodes.call(node_id, "delete", InstanceRequest(instance_id=instance_id))
+            except NebulaError as cleanup:
+                log.warning("instance=%s node=%s cleanup after a failed create failed: %s",
+                            instance_id, node_id, cleanup)
             return
+        if instance.powered_off:  # rebuilt after an outage, off as its owner had left it
+            done: Callable[[Instance], None] = lambda i: i.mark_stopped(f"rebuilt on node {node_id}, off as it was")
+        else:
+            done = Instance.launch
         try:
-            await self.change(Instance, instance_id, Instance.launch)
+            await self.change(Instance, instance_id, done)
         except IllegalTransition:
             # Deleted (or failed) while the node was creating it: take the domain away again.
             current = await self._store.load(Instance, instance_id)
@@ -167,7 +186,7 @@ class Lifecycle:
                 await self._nodes.call(node_id, "delete", InstanceRequest(instance_id=instance_id))
                 await self.release(node_id, instance_id)
             return
-        log.info("instance=%s node=%s running", instance_id, node_id)
+        log.info("instance=%s node=%s %s", instance_id, node_id, "stopped" if instance.powered_off else "running")
 
     async def _create_request(self, instance: Instance) -> CreateRequest:
         image = await self._store.load(Image, instance.image_id)
@@ -184,6 +203,7 @@ class Lifecycle:
             image=ImageSpec(id=image.id, name=image.name, format=image.format, source=image.source,
                             sha256=image.sha256, size=image.size),
             seed=seed_url(self._settings.meta_url, instance.id, seed.metadata_token),
+            start=not instance.powered_off,
         )
 
     # --- power -----------------------------------------------------------------------

@@ -101,17 +101,22 @@ class Liveness:
             node = await self._fleet.change(node_id, lambda n: n.mark_up())
         except NotFound:
             return  # a brand-new node: it registers itself
-        for instance_id in list(node.claims):
+        await self.find_out(node_id, list(node.claims), "found after the node came back")
+
+    async def find_out(self, node_id: str, instance_ids: list[uuid.UUID], reason: str) -> None:
+        """Ask live node `node_id` what became of those of `instance_ids` still `unknown`
+        there, and record the answer as the node's report."""
+        for instance_id in instance_ids:
             try:
                 instance = await self._lifecycle.instance(instance_id)
                 if instance.state != "unknown" or instance.node_id != node_id:
                     continue
                 seen = await self._lifecycle.status(node_id, instance_id)
             except NebulaError as err:
-                log.warning("instance=%s node=%s status after return failed: %s", instance_id, node_id, err)
+                log.warning("instance=%s node=%s status failed: %s", instance_id, node_id, err)
                 continue
             if seen is not None:
                 await self._lifecycle.report(commands.ReportDomain(
                     command_id=uuid.uuid4(), instance_id=instance_id, requested_at=datetime.now(timezone.utc),
-                    actor=ACTOR, node_id=node_id, state=seen, reason="found after the node came back",
+                    actor=ACTOR, node_id=node_id, state=seen, reason=reason,
                 ))

@@ -6,6 +6,8 @@ Every `reconcile_interval` it reads the read models and
   up after a node stayed silent). The command id is derived from the instance and its
   version, so several orchestrators re-drive one instance once, and the handlers start
   from the instance's state, so a re-drive of finished work does nothing;
+- asks live nodes what became of their instances left `unknown` (a node call that timed
+  out while the node itself stayed up), and records the answer;
 - marks down the nodes the read model believes up but whose heartbeat is absent (a node
   that died while no orchestrator was watching), and restarts the evacuation clock of
   nodes still down, e.g. after this orchestrator restarted.
@@ -70,7 +72,23 @@ class Reconciler:
 
     async def once(self) -> None:
         await self.redrive_stuck()
+        await self.recheck_unknown()
         await self.check_nodes()
+
+    async def recheck_unknown(self) -> int:
+        """Instances `unknown` on a live node for over an interval: ask the node."""
+        rows = await self._pool.fetch(
+            "SELECT id, node_id FROM instances WHERE state = 'unknown' AND node_id IS NOT NULL"
+            " AND updated_at < now() - make_interval(secs => $1)",
+            self._settings.reconcile_interval,
+        )
+        by_node: dict[str, list[uuid.UUID]] = {}
+        for row in rows:
+            if self._fleet.is_live(row["node_id"]):
+                by_node.setdefault(row["node_id"], []).append(row["id"])
+        for node_id, instance_ids in by_node.items():
+            await self._liveness.find_out(node_id, instance_ids, "found by the reconciler")
+        return sum(len(ids) for ids in by_node.values())
 
     async def redrive_stuck(self) -> int:
         rows = await self._pool.fetch(

@@ -18,7 +18,7 @@ import pytest
 
 from nebula_core import config
 from nebula_core.contract.types import Overcommit, Resources
-from nebula_core.domain import AGGREGATES, Node
+from nebula_core.domain import AGGREGATES, Instance, Node
 from nebula_core.domain.codec import Codec
 from nebula_core.domain.node import node_uuid, usable
 from nebula_core.eventstore import EventStore
@@ -217,15 +217,76 @@ async def test_a_dead_node_is_detected_and_its_instances_evacuated_once(stack: S
     assert not (await stack.node(victim)).claims
 
 
+async def test_an_instance_stopped_on_a_dead_node_is_rebuilt_stopped(stack: Stack) -> None:
+    fleet = await stack.fleet(2)
+    await stack.orchestrator(placement_strategy="pack")
+    project = await stack.project()
+    instance_id = await stack.create(project, "parked")
+    victim = (await stack.reaches(instance_id, "running"))["node_id"]
+    await stack.act(instance_id, "stop")
+    await stack.reaches(instance_id, "stopped")
+
+    await fleet.kill(victim)
+    await stack.reaches(instance_id, "unknown", "pending", "scheduled", timeout=10)
+    moved = await eventually(lambda: _moved(stack, instance_id, victim, "stopped"), timeout=30)
+
+    survivor = moved["node_id"]
+    assert await fleet.driver(survivor).status(uuid.UUID(instance_id)) == "shutoff"
+    history = await stack.history(instance_id)
+    assert history[-3:] == ["instance.rescheduled", "instance.scheduled", "instance.stopped"], history
+    await stack.act(instance_id, "start")  # and its owner can start it there
+    await stack.reaches(instance_id, "running")
+
+
+async def test_an_instance_left_unknown_on_a_live_node_is_found_again(stack: Stack) -> None:
+    await stack.fleet(1)
+    await stack.orchestrator()
+    project = await stack.project()
+    instance_id = await stack.create(project, "lost-call")
+    node_id = (await stack.reaches(instance_id, "running"))["node_id"]
+    # What a node call that timed out records, while the node itself stays up.
+    instance = await stack.store.load(Instance, uuid.UUID(instance_id))
+    instance.lose(f"node {node_id} did not answer in time")
+    await stack.store.save(instance)
+    await stack.reaches(instance_id, "unknown")  # for a reconcile interval at least
+
+    back = await stack.reaches(instance_id, "running", timeout=15)
+
+    assert back["node_id"] == node_id
+    history = await stack.history(instance_id)
+    assert history[-2:] == ["instance.lost", "instance.started"], history
+
+
+async def test_a_create_the_node_did_not_finish_in_time_leaves_nothing_behind(stack: Stack) -> None:
+    fleet = await stack.fleet(1, create_delay=3.0)
+    await stack.orchestrator(node_timeout=0.5, node_retries=1)
+    project = await stack.project()
+    instance_id = await stack.create(project, "too-slow")
+
+    failed = await stack.reaches(instance_id, "error", "running", timeout=15)
+
+    assert failed["state"] == "error" and failed["node_id"] == fleet.node_ids[0]
+    # The node finished the create after the orchestrator gave up, then ran its delete.
+    node_id, iid = fleet.node_ids[0], uuid.UUID(instance_id)
+    await eventually(lambda: _idle(fleet, node_id, iid), timeout=15)
+    assert await fleet.driver(node_id).status(iid) == "missing"
+    assert not (await stack.node(node_id)).claims
+
+
+async def _idle(fleet: Fleet, node_id: str, instance_id: uuid.UUID) -> bool:
+    """No operation on the instance runs or waits on the node."""
+    return not fleet.agent(node_id)._locks.busy(instance_id)
+
+
 def _reap(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.kill()
         process.wait()
 
 
-async def _moved(stack: Stack, instance_id: str, victim: str) -> dict[str, Any] | None:
+async def _moved(stack: Stack, instance_id: str, victim: str, state: str = "running") -> dict[str, Any] | None:
     body = await stack.instance(instance_id)
-    return body if body["state"] == "running" and body["node_id"] != victim else None
+    return body if body["state"] == state and body["node_id"] != victim else None
 
 
 async def test_a_killed_orchestrator_loses_no_command(stack: Stack) -> None:

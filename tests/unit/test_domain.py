@@ -84,6 +84,23 @@ def test_a_lost_instance_is_rescheduled_off_its_node() -> None:
     assert events[-1].from_node_id == "node-a"
 
 
+def test_an_instance_lost_while_off_is_rebuilt_off() -> None:
+    instance = running_instance()
+    instance.request_stop()
+    instance.mark_stopped()
+    instance.lose("node node-a went silent")
+    instance.reschedule("evacuating from node-a")
+    instance.schedule("node-b")
+    assert instance.powered_off
+    instance.mark_stopped("rebuilt on node node-b, off as it was")
+    assert (instance.state, instance.node_id) == ("stopped", "node-b")
+    instance.request_start()
+    instance.mark_started()
+    assert not instance.powered_off
+    with pytest.raises(IllegalTransition):
+        new_instance().mark_stopped()  # never placed: nothing to be off
+
+
 def test_phone_home_is_recorded_once() -> None:
     instance = running_instance()
     first = datetime(2026, 1, 1, tzinfo=timezone.utc)
