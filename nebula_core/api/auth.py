@@ -14,13 +14,22 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
+import asyncpg
+import nats.js.errors
 from aiohttp import web
 
 from nebula_core.api import keys
+from nebula_core.contract import subjects
+from nebula_core.contract.events import UserCreated, UserTokenRotated
 from nebula_core.contract.types import Role
+from nebula_core.domain import User
 from nebula_core.errors import Forbidden, NotFound, Unauthorized
+from nebula_core.projector import checkpoint, decode
 
 ADMIN = "admin"
+#: A token the users table does not know is looked for among at most this many user
+#: events past the projection's checkpoint (users are few; a longer backlog gets a 401).
+UNPROJECTED_USER_EVENTS_MAX = 64
 _RANK = {"reader": 1, "member": 2, "admin": 3}
 PUBLIC_ROUTES = web.AppKey("public_routes", frozenset)
 PRINCIPAL = web.RequestKey("principal", "Principal")
@@ -69,10 +78,51 @@ async def _identify(app: web.Application, token: str) -> Principal:
     admin_token = app[keys.SETTINGS].admin_token
     if admin_token and hmac.compare_digest(given, hash_token(admin_token)):
         return Principal(user_id=None, name=ADMIN, is_admin=True)
-    row = await app[keys.POOL].fetchrow("SELECT id, name, is_admin, token_hash FROM users WHERE token_hash = $1", given)
-    if row is None or not hmac.compare_digest(row["token_hash"], given):
+    pool = app[keys.POOL]
+    row = await _user_row(pool, given)
+    if row is None:
+        # The users table may lag the events: a user created a moment ago, the projector
+        # stopped or behind. Read the checkpoint, ask the table again (a user projected in
+        # between is there now), and look among the user events past the checkpoint.
+        projected = await checkpoint(pool)
+        row = await _user_row(pool, given)
+        if row is None:
+            return await _unprojected_user(app, given, projected)
+    if not hmac.compare_digest(row["token_hash"], given):
         raise Unauthorized("invalid token")
     return Principal(user_id=row["id"], name=row["name"], is_admin=row["is_admin"])
+
+
+async def _user_row(pool: asyncpg.Pool, given: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT id, name, is_admin, token_hash FROM users WHERE token_hash = $1", given)
+
+
+async def _unprojected_user(app: web.Application, given: str, projected: int) -> Principal:
+    """The user whose token hashes to `given`, from the user events after stream sequence
+    `projected` (those the read models do not include yet); `Unauthorized` if none.
+
+    The stream has no index by token hash, but it need not: only the unprojected tail can
+    hold a token the table lacks, and the server filters it to user events, one direct get
+    each — when the projector keeps up, a single get that finds nothing."""
+    writer = app[keys.WRITER]
+    seq = projected + 1
+    for _ in range(UNPROJECTED_USER_EVENTS_MAX):
+        try:
+            raw = await writer.js.get_msg(
+                subjects.EVENTS_STREAM, seq=seq, subject=subjects.aggregate_events("user"), next=True, direct=True
+            )
+        except nats.js.errors.NotFoundError:
+            break
+        assert raw.seq is not None and raw.data is not None
+        event = decode(raw.data)
+        if isinstance(event, (UserCreated, UserTokenRotated)) and hmac.compare_digest(event.token_hash, given):
+            # The user's current token, as all its events tell (a later rotation revokes this one).
+            user = await writer.store.load(User, event.id)
+            if hmac.compare_digest(user.token_hash, given):
+                return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin)
+            break
+        seq = raw.seq + 1
+    raise Unauthorized("invalid token")
 
 
 def require_admin(request: web.Request) -> Principal:

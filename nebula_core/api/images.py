@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+import uuid
+
 from aiohttp import web
 
 from nebula_core.api import keys, queries, shapes
 from nebula_core.api.auth import require_admin
 from nebula_core.api.idempotency import new_id
-from nebula_core.api.projects import path_uuid
+from nebula_core.api.projects import path_uuid, read_your_write
 from nebula_core.api.routing import Operations, body, respond
 from nebula_core.domain import Image, create_with_id
 from nebula_core.errors import Conflict, NotFound
 
 ops = Operations()
+
+
+def _image_from_aggregate(image: Image) -> shapes.Image:
+    return shapes.Image(
+        id=image.id, name=image.name, format=image.format, source=image.source, sha256=image.sha256,
+        size=image.size, min_disk_gb=image.min_disk_gb, created_at=image.created_on,
+    )
+
+
+async def _image_from_events(request: web.Request, image_id: uuid.UUID) -> shapes.Image:
+    """The image as its events show it (for one the projector has not reached yet)."""
+    try:
+        image = await request.app[keys.WRITER].store.load(Image, image_id)
+    except NotFound:
+        image = None
+    if image is None or image.deleted:
+        raise NotFound(f"image {image_id} not found")
+    return _image_from_aggregate(image)
+
+
+async def _image_from_read_model(request: web.Request, image_id: uuid.UUID) -> shapes.Image | None:
+    row = await request.app[keys.POOL].fetchrow("SELECT * FROM images WHERE id = $1 AND NOT deleted", image_id)
+    return None if row is None else queries.image_shape(row)
 
 
 @ops("POST", "/v1/images", summary="Register an image (cloud admins)", body=shapes.ImageCreate,
@@ -27,10 +52,11 @@ async def create_image(request: web.Request) -> web.Response:
         Image, new_id(request, "image"), name=spec.name, format=spec.format, source=spec.source,
         sha256=spec.sha256, size=spec.size, min_disk_gb=spec.min_disk_gb,
     )
-    writer = request.app[keys.WRITER]
-    await writer.projected(await writer.save(image, actor=who.key))
-    row = await pool.fetchrow("SELECT * FROM images WHERE id = $1", image.id)
-    return respond(queries.image_shape(row), 201)
+    seq = await request.app[keys.WRITER].save(image, actor=who.key)
+    view = await read_your_write(
+        request, seq, lambda: _image_from_read_model(request, image.id), lambda: _image_from_events(request, image.id)
+    )
+    return respond(view, 201)
 
 
 @ops("GET", "/v1/images", summary="The images", list_of=shapes.Image,
@@ -46,8 +72,11 @@ async def list_images(request: web.Request) -> web.Response:
 @ops("GET", "/v1/images/{image_id}", summary="One image", response=shapes.Image)
 async def get_image(request: web.Request) -> web.Response:
     image_id = path_uuid(request, "image_id")
-    row = await request.app[keys.POOL].fetchrow("SELECT * FROM images WHERE id = $1 AND NOT deleted", image_id)
+    row = await request.app[keys.POOL].fetchrow("SELECT * FROM images WHERE id = $1", image_id)
     if row is None:
+        # Not projected yet (the projector is stopped or behind): the events are the truth.
+        return respond(await _image_from_events(request, image_id))
+    if row["deleted"]:
         raise NotFound(f"image {image_id} not found")
     return respond(queries.image_shape(row))
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -10,10 +12,12 @@ from nebula_core.api import keys, queries, shapes
 from nebula_core.api.auth import principal, require_admin, require_role
 from nebula_core.api.idempotency import new_id
 from nebula_core.api.routing import Operations, body, respond
-from nebula_core.domain import Project, create_with_id
+from nebula_core.domain import Project, User, create_with_id
 from nebula_core.errors import Conflict, Forbidden, Invalid, NotFound
 
 ops = Operations()
+
+V = TypeVar("V")
 
 
 def path_uuid(request: web.Request, name: str) -> uuid.UUID:
@@ -38,12 +42,49 @@ def etag(version: int) -> dict[str, str]:
     return {"ETag": f'"{version}"'}
 
 
-async def project_answer(request: web.Request, project_id: uuid.UUID, seq: int, status: int) -> web.Response:
-    writer = request.app[keys.WRITER]
-    await writer.projected(seq)
-    view = await queries.project(request.app[keys.POOL], project_id)
-    if view is None:
+async def read_your_write(
+    request: web.Request,
+    seq: int,
+    from_read_model: Callable[[], Awaitable[V | None]],
+    from_events: Callable[[], Awaitable[V]],
+) -> V:
+    """What a client that has just appended `seq` must see of what it wrote: the read
+    models once they include `seq` (waiting briefly for the projector), else - the
+    projector is stopped or behind - the aggregate as its events show it. Never a 404 or
+    a 500 for one's own new resource."""
+    if await request.app[keys.WRITER].projected(seq):
+        view = await from_read_model()
+        if view is not None:
+            return view
+    return await from_events()
+
+
+def _project_from_aggregate(project: Project, usage: shapes.Usage) -> shapes.Project:
+    return shapes.Project(
+        id=project.id, name=project.name, description=project.description, tags=dict(project.tags),
+        quotas=project.quotas, usage=usage, created_at=project.created_on, updated_at=project.modified_on,
+        version=project.version,
+    )
+
+
+async def _project_from_events(request: web.Request, project_id: uuid.UUID) -> shapes.Project:
+    """The live project as its events show it, if the caller may see it (else `NotFound`):
+    cloud admins see every project, users those the events make them a member of."""
+    try:
+        project = await request.app[keys.WRITER].store.load(Project, project_id)
+    except NotFound:
+        project = None
+    who = principal(request)
+    if project is None or project.deleted or not (who.is_admin or who.user_id in project.members):
         raise NotFound(f"project {project_id} not found")
+    return _project_from_aggregate(project, await queries.usage(request.app[keys.POOL], project_id))
+
+
+async def project_answer(request: web.Request, project_id: uuid.UUID, seq: int, status: int) -> web.Response:
+    pool = request.app[keys.POOL]
+    view = await read_your_write(
+        request, seq, lambda: queries.project(pool, project_id), lambda: _project_from_events(request, project_id)
+    )
     return respond(view, status, headers=etag(view.version))
 
 
@@ -70,10 +111,18 @@ async def list_projects(request: web.Request) -> web.Response:
      response=shapes.Project)
 async def get_project(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
-    await require_role(request, project_id, "reader")
-    view = await queries.project(request.app[keys.POOL], project_id)
-    if view is None:
-        raise NotFound(f"project {project_id} not found")
+    pool = request.app[keys.POOL]
+    try:
+        await require_role(request, project_id, "reader")
+    except NotFound:
+        if await pool.fetchval("SELECT true FROM projects WHERE id = $1", project_id):
+            raise  # projected: the read models' answer stands
+        # Not projected yet (the projector is stopped or behind): the events are the truth.
+        view = await _project_from_events(request, project_id)
+    else:
+        view = await queries.project(pool, project_id)
+        if view is None:
+            raise NotFound(f"project {project_id} not found")
     return respond(view, headers=etag(view.version))
 
 
@@ -115,7 +164,10 @@ async def add_member(request: web.Request) -> web.Response:
     await require_role(request, project_id, "admin")
     spec = await body(request, shapes.MemberAdd)
     if not await request.app[keys.POOL].fetchval("SELECT true FROM users WHERE id = $1", spec.user_id):
-        raise Invalid(f"no user {spec.user_id}", ["$.user_id"])
+        try:  # a user just created, not projected yet?
+            await request.app[keys.WRITER].store.load(User, spec.user_id)
+        except NotFound:
+            raise Invalid(f"no user {spec.user_id}", ["$.user_id"]) from None
     writer = request.app[keys.WRITER]
     _, seq = await writer.change(Project, project_id, lambda p: p.set_member(spec.user_id, spec.role),
                                  actor=principal(request).key)

@@ -14,6 +14,10 @@ from nebula_core.errors import Conflict
 ops = Operations()
 
 
+def _user_from_aggregate(user: User, token: str | None = None) -> shapes.User:
+    return shapes.User(id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_on, token=token)
+
+
 @ops("POST", "/v1/users", summary="Create a user and its API token (cloud admins); the token is shown once",
      body=shapes.UserCreate, response=shapes.User, status=201)
 async def create_user(request: web.Request) -> web.Response:
@@ -26,9 +30,11 @@ async def create_user(request: web.Request) -> web.Response:
     user = create_with_id(User, new_id(request, "user"), name=spec.name, token_hash=hash_token(token),
                           is_admin=spec.is_admin)
     writer = request.app[keys.WRITER]
+    # The answer is the aggregate's, projected or not. The wait lets what reads the users
+    # table see the user at once when the projector keeps up; when it does not, the token
+    # authenticates anyway (auth looks among the events the projector has not reached).
     await writer.projected(await writer.save(user, actor=who.key))
-    return respond(shapes.User(id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_on,
-                               token=token), 201)
+    return respond(_user_from_aggregate(user, token=token), 201)
 
 
 @ops("GET", "/v1/users", summary="Every user (cloud admins)", list_of=shapes.User,
@@ -47,4 +53,7 @@ async def whoami(request: web.Request) -> web.Response:
     if who.user_id is None:
         return respond({"id": None, "name": who.name, "is_admin": True})
     row = await request.app[keys.POOL].fetchrow("SELECT * FROM users WHERE id = $1", who.user_id)
+    if row is None:
+        # Not projected yet (the projector is stopped or behind): the events are the truth.
+        return respond(_user_from_aggregate(await request.app[keys.WRITER].store.load(User, who.user_id)))
     return respond(queries.user_shape(row))
