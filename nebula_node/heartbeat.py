@@ -1,5 +1,6 @@
 """A node's heartbeat: its `Heartbeat` record under key `<node id>` of the `nebula_nodes`
-bucket, rewritten every interval with a per-key TTL of three intervals. A node that falls
+bucket, rewritten every interval with a per-key TTL of two and a half intervals (one lost
+beat is survived; the server's expiry tick still falls within three). A node that falls
 silent - crashed, partitioned, or its agent stopped - disappears from the bucket by itself,
 and every watcher of the bucket is told (a `PURGE` entry).
 
@@ -27,8 +28,9 @@ PUBLISH_TIMEOUT_S = 5.0
 
 
 def heartbeat_ttl(interval: float) -> int:
-    """The key's TTL in whole seconds (JetStream's unit): three intervals, at least 1 s."""
-    return max(1, math.ceil(3 * interval))
+    """The key's TTL in whole seconds (JetStream's unit): 2.5 intervals, at least 1 s, so
+    a silent node is gone within three intervals of its last beat."""
+    return max(1, math.ceil(2.5 * interval))
 
 
 def heartbeat_subject(node_id: str) -> str:

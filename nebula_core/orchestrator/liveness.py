@@ -1,6 +1,6 @@
 """Node failure and return, driven by the heartbeat bucket.
 
-A node whose heartbeat key expires (TTL: three intervals) is marked down at once; every
+A node whose heartbeat key expires (TTL: 2.5 intervals) is marked down at once; every
 instance placed on it goes to `unknown`. If it is still down after the evacuation grace,
 one `evacuate` command per instance is published with a command id derived from the
 instance, the node and the outage, so several orchestrators publishing it store it once

@@ -190,9 +190,11 @@ async def test_fifty_creates_for_forty_slots_with_two_orchestrators(stack: Stack
     assert per_node == dict.fromkeys(fleet.node_ids, 10)
 
 
-async def test_a_dead_node_is_detected_and_its_instances_evacuated_once(stack: Stack) -> None:
+@pytest.mark.parametrize("orchestrators", [1, 2])
+async def test_a_dead_node_is_detected_and_its_instances_evacuated_once(stack: Stack, orchestrators: int) -> None:
     fleet = await stack.fleet(2)
-    await stack.orchestrator(placement_strategy="pack")
+    for _ in range(orchestrators):  # each sees the node die and starts its own grace timer
+        await stack.orchestrator(placement_strategy="pack")
     project = await stack.project()
     ids = [await stack.create(project, f"vm-{i}") for i in range(3)]
     placed = [await stack.reaches(i, "running") for i in ids]

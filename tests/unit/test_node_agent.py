@@ -187,8 +187,8 @@ def test_a_manifest_must_vouch_for_every_file_it_names() -> None:
 # --- heartbeats and capacity --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("interval", "ttl"), [(5.0, 15), (2.0, 6), (1.0, 3), (0.2, 1), (0.5, 2)])
-def test_a_heartbeat_lives_three_intervals_in_whole_seconds(interval: float, ttl: int) -> None:
+@pytest.mark.parametrize(("interval", "ttl"), [(5.0, 13), (2.0, 5), (1.0, 3), (0.2, 1), (0.5, 2)])
+def test_a_heartbeat_lives_two_and_a_half_intervals_in_whole_seconds(interval: float, ttl: int) -> None:
     assert heartbeat_ttl(interval) == ttl
 
 
