@@ -55,9 +55,10 @@ class Visibility:
         if isinstance(event, InstanceCreated):
             self._instance_project[event.id] = event.project_id
         if event.id not in self._instance_project:
-            self._instance_project[event.id] = await self._pool.fetchval(
-                "SELECT project_id FROM instances WHERE id = $1", event.id
-            )
+            project_id = await self._pool.fetchval("SELECT project_id FROM instances WHERE id = $1", event.id)
+            if project_id is None:
+                return None  # not projected yet: asked again at its next event, never remembered as no one's
+            self._instance_project[event.id] = project_id
         return self._instance_project[event.id]
 
     async def allows(self, event: Event) -> bool:

@@ -17,7 +17,11 @@ OPENAPI = web.AppKey("openapi", dict)
 
 @ops("GET", "/healthz", summary="NATS and Postgres reachable", response=shapes.Health, public=True)
 async def healthz(request: web.Request) -> web.Response:
-    nats_ok = request.app[keys.NATS_CLIENT].is_connected
+    try:  # a round trip to the server, not the client's belief that it is connected
+        await asyncio.wait_for(request.app[keys.NATS_CLIENT].flush(), 2.0)
+        nats_ok = True
+    except Exception:  # noqa: BLE001 — any failure means unhealthy
+        nats_ok = False
     try:
         await asyncio.wait_for(request.app[keys.POOL].fetchval("SELECT 1"), 2.0)
         pg_ok = True
