@@ -155,7 +155,8 @@ async def replay(js: JetStreamContext, pool: asyncpg.Pool, *, batch_size: int = 
     last = info.state.last_seq
     async with pool.acquire() as conn, conn.transaction():
         await lock_checkpoint(conn)
-        await conn.execute(f"TRUNCATE {', '.join(TABLES)}")
+        for table in TABLES:  # DELETE, not TRUNCATE: readers keep the old rows, unblocked, until the commit
+            await conn.execute(f"DELETE FROM {table}")
         await _save_checkpoint(conn, 0)
         if last:
             await _replay_into(js, conn, last, batch_size)

@@ -151,6 +151,13 @@ class Orchestrator:
                 return
             log.warning("command=%s instance=%s retrying: %s", command.command_id, command.instance_id, transient)
             raise NackMessage(delay=RETRY_DELAY_S) from transient
+        except Exception as unexpected:  # a timeout of NATS or Postgres, or a bug: retried all the same
+            if deliveries >= MAX_DELIVERIES:
+                log.exception("command=%s instance=%s given up after %d deliveries", command.command_id,
+                              command.instance_id, deliveries)
+                return
+            log.exception("command=%s instance=%s failed; retrying", command.command_id, command.instance_id)
+            raise NackMessage(delay=RETRY_DELAY_S) from unexpected
         finally:
             keepalive.cancel()
             with contextlib.suppress(asyncio.CancelledError):
