@@ -26,6 +26,7 @@ import os
 import shutil
 import threading
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -540,7 +541,7 @@ class LibvirtDriver:
                 instance_id = instance_of(dom.name())
                 if instance_id is not None:
                     with contextlib.suppress(libvirt.libvirtError):  # undefined meanwhile
-                        if _owner(dom) == self.owner:
+                        if self._made(dom):
                             found[instance_id] = domain_state(dom.state()[0])
             return found
 
@@ -695,10 +696,19 @@ class LibvirtDriver:
             raise HypervisorError(f"cannot read the console log of instance {instance_id}: {err}") from err
         return data.decode("utf-8", errors="replace"), truncated
 
+    def _made(self, dom: libvirt.virDomain) -> bool:
+        """Whether this node agent made `dom`: its metadata names this owner, or - a domain
+        from before owners were written - its disks and console log are under this home."""
+        owner = _owner(dom)
+        if owner is not None:
+            return owner == self.owner
+        paths = _file_paths(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        return bool(paths) and all(PurePosixPath(p).is_relative_to(self.owner[1]) for p in paths)
+
     def _lookup(self, conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.virDomain | None:
         """The instance's domain if this node made it; anyone else's counts as none."""
         dom = _any_domain(conn, instance_id)
-        return dom if dom is not None and _owner(dom) == self.owner else None
+        return dom if dom is not None and self._made(dom) else None
 
     def _require(self, conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.virDomain:
         dom = self._lookup(conn, instance_id)
@@ -710,7 +720,7 @@ class LibvirtDriver:
         dom = _any_domain(conn, instance_id)
         if dom is None:
             return None
-        if _owner(dom) != self.owner:
+        if not self._made(dom):
             raise Conflict(f"a domain named {instance_id} exists on this host but this node agent did not make it;"
                            " it is left alone")
         return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
@@ -737,6 +747,17 @@ def _any_domain(conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.vir
         if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
         raise
+
+
+def _file_paths(xml: str) -> list[str]:
+    """The files a domain writes to: its disks' sources and its serial console's log."""
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return []
+    found = [el.get("file") for el in root.iterfind("devices/disk/source")]
+    found += [el.get("file") for el in root.iterfind("devices/serial/log")]
+    return [path for path in found if path]
 
 
 def _owner(dom: libvirt.virDomain) -> tuple[str, str] | None:

@@ -20,7 +20,15 @@ import pytest
 from nebula_core.contract.node import CreateRequest, ImageSpec
 from nebula_core.contract.types import Resources
 from nebula_core.errors import Conflict, NotFound
-from nebula_node.domain_xml import GuestDisk, GuestDomain, GuestInterface, GuestSerial
+from nebula_node.domain_xml import (
+    GuestDisk,
+    GuestDomain,
+    GuestInterface,
+    GuestSerial,
+    GuestSpec,
+    KernelBoot,
+    build_domain,
+)
 from nebula_node.driver import DomainEvent, LibvirtDriver
 from nebula_node.sim import simulated_host_uri
 from tests.support import eventually
@@ -250,14 +258,19 @@ async def test_domains_another_agent_or_a_tool_made_on_the_host_are_never_touche
     for d in drivers:
         await d.open()
     ours, twins, others = (request(tiny_image, instance_id=uuid.uuid4()) for _ in drivers)
-    foreign = str(uuid.uuid4())
+    foreign, legacy = str(uuid.uuid4()), uuid.uuid4()
     try:
         for d, req in zip(drivers, (ours, twins, others), strict=True):
             assert await d.create(req) == "running"
         tool.defineXML(f"<domain type='test'><name>{foreign}</name><memory>1024</memory>"
                        "<os><type>hvm</type></os></domain>").create()
+        # A domain from before owners were written: this node's if its files are in its home.
+        tool.defineXML(build_domain(GuestSpec(
+            instance_id=legacy, project_id=uuid.uuid4(), name="old", vcpus=1, ram_mb=128, domain_type="qemu",
+            kernel=KernelBoot(kernel="/cache/vmlinuz"), console_log=f"{mine.owner[1]}/{legacy}/console.log",
+        )).to_xml())
 
-        assert await mine.domains() == {ours.instance_id: "running"}
+        assert await mine.domains() == {ours.instance_id: "running", legacy: "shutoff"}
         assert await twin.domains() == {twins.instance_id: "running"}
         for req in (twins, others):
             assert await mine.status(req.instance_id) == "missing"
@@ -276,6 +289,7 @@ async def test_domains_another_agent_or_a_tool_made_on_the_host_are_never_touche
         for d, req in zip(drivers, (ours, twins, others), strict=True):
             await d.delete(req.instance_id)
             await d.close()
+        await mine.delete(legacy)
         with contextlib.suppress(libvirt.libvirtError):
             dom = tool.lookupByName(foreign)
             dom.destroy()
