@@ -8,8 +8,11 @@ acknowledged after the commit. Hence:
 - a crash before the commit applies nothing (the messages are redelivered);
 - a crash after the commit but before the acks applies nothing twice (the redelivered
   events are at or below the checkpoint and are skipped);
-- several replicas sharing the durable consumer cannot apply out of order: a replica
-  whose batch does not continue the checkpoint naks it, and it comes back later.
+- several replicas sharing the durable consumer cannot apply out of order, nor wait on
+  one another: a batch that does not continue the checkpoint (earlier events are with
+  another replica, or wait for redelivery after a crash) is preceded, in the same
+  transaction, by the missing events read straight from the stream. Those, when they are
+  delivered, are at or below the checkpoint and only acknowledged.
 
 `replay()` rebuilds every read model from sequence 1 in one transaction, holding the same
 lock, so readers see the old tables until the rebuilt ones commit.
@@ -19,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
 import msgspec
 import nats.errors
+import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
@@ -78,11 +83,28 @@ async def _apply(conn: asyncpg.Connection, seq: int, event: Event | None) -> Non
         await handler(conn, event, seq)
 
 
-async def apply_batch(conn: asyncpg.Connection, batch: list[tuple[int, Event | None]]) -> BatchResult:
-    """Apply what continues the checkpoint, in one transaction; see the module docstring."""
+#: The most events one batch reads from the stream to close a gap before it.
+MAX_GAP_FILL = 10_000
+
+Fill = Callable[[list[int]], Awaitable[dict[int, "Event | None"]]]
+
+
+async def apply_batch(
+    conn: asyncpg.Connection, batch: list[tuple[int, Event | None]], fill: Fill | None = None
+) -> BatchResult:
+    """Apply what continues the checkpoint, in one transaction; see the module docstring.
+    `fill` reads the events of the given sequences from the stream, to close the gaps
+    between the checkpoint and the batch; without it, a batch stops at its first gap."""
     async with conn.transaction():
         last = await lock_checkpoint(conn)
         done = {seq for seq, _ in batch if seq <= last}
+        if fill is not None and batch:
+            have = {seq for seq, _ in batch}
+            top = min(max(have), last + MAX_GAP_FILL)
+            missing = [seq for seq in range(last + 1, top + 1) if seq not in have]
+            if missing:
+                found = await fill(missing)
+                batch = [*batch, *found.items()]
         applied = 0
         for seq, event in sorted(batch, key=lambda item: item[0]):
             if seq <= last:
@@ -112,6 +134,20 @@ class Projector:
         self._pool = pool
         self._batch_size = batch_size
 
+    async def _fill(self, seqs: list[int]) -> dict[int, Event | None]:
+        """The events at `seqs`, read straight from the stream (a sequence that is not
+        there any more is left out, and the batch stops before it)."""
+        found: dict[int, Event | None] = {}
+        for seq in seqs:
+            try:
+                raw = await self._js.get_msg(subjects.EVENTS_STREAM, seq=seq, direct=True)
+            except nats.js.errors.NotFoundError:
+                log.warning("event seq=%d is not in the stream", seq)
+                break
+            assert raw.data is not None
+            found[seq] = decode(raw.data)
+        return found
+
     async def run(self, stop: asyncio.Event) -> None:
         await self._catch_up_after_a_lost_database()
         sub = await self._js.pull_subscribe_bind(subjects.PROJECTOR_CONSUMER, stream=subjects.EVENTS_STREAM)
@@ -137,16 +173,14 @@ class Projector:
     async def _handle(self, messages: list) -> None:  # type: ignore[type-arg]
         batch = [(m.metadata.sequence.stream, decode(m.data)) for m in messages]
         async with self._pool.acquire() as conn:
-            result = await apply_batch(conn, batch)
+            result = await apply_batch(conn, batch, self._fill)
         for message, (seq, _) in zip(messages, batch, strict=True):
             if seq in result.done:
                 await message.ack()
             else:
                 await message.nak(delay=0.2)
         if result.applied:
-            log.info(
-                "applied events count=%d first_seq=%d checkpoint=%d", result.applied, batch[0][0], result.checkpoint
-            )
+            log.info("applied events count=%d checkpoint=%d", result.applied, result.checkpoint)
 
 
 async def replay(js: JetStreamContext, pool: asyncpg.Pool, *, batch_size: int = 1000) -> int:
