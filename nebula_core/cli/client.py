@@ -206,6 +206,9 @@ class Api:
     async def post(self, path: str, body: Any, into: type[T], headers: dict[str, str] | None = None) -> T:
         return _decode(await self.call("POST", path, body=body, headers=headers), into)
 
+    async def patch(self, path: str, body: Any, into: type[T], headers: dict[str, str] | None = None) -> T:
+        return _decode(await self.call("PATCH", path, body=body, headers=headers), into)
+
     async def delete(self, path: str, into: type[T] | None = None) -> T | None:
         raw = await self.call("DELETE", path)
         return _decode(raw, into) if into is not None and raw else None

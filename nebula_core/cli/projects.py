@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 import typer
 
 from nebula_core.api import shapes
@@ -83,6 +84,37 @@ async def show(cli: Cli, project: ProjectArg) -> None:
     """One project: description, tags, and what it uses of each quota."""
     project_id = await refs.project_id(cli.api, project)
     print_project(cli, await cli.api.get(f"/v1/projects/{project_id}", shapes.Project))
+
+
+@command(app, "update")
+async def update(
+    cli: Cli,
+    project: ProjectArg,
+    name: Annotated[str | None, typer.Option(help="A new name.", show_default=False)] = None,
+    description: Annotated[str | None, typer.Option(help="A new description.", show_default=False)] = None,
+    tag: Annotated[list[str] | None, typer.Option(help="The tags, all of them: key=value (repeatable).",
+                                                  show_default=False)] = None,
+    clear_tags: Annotated[bool, typer.Option("--clear-tags", help="Remove every tag.")] = False,
+    max_instances: Quota = None,
+    max_vcpus: Quota = None,
+    max_ram: Annotated[int | None, typer.Option(help="In MiB.", rich_help_panel=_QUOTAS, show_default=False)] = None,
+    max_disk: Annotated[int | None, typer.Option(help="In GiB.", rich_help_panel=_QUOTAS, show_default=False)] = None,
+) -> None:
+    """Change a project's name, description, tags or quotas (project admins; quotas: cloud admins).
+    Only what is given changes; a change made meanwhile by someone else is refused (409)."""
+    if tag and clear_tags:
+        raise typer.BadParameter("give --tag or --clear-tags, not both", param_hint="--clear-tags")
+    project_id = await refs.project_id(cli.api, project)
+    current = await cli.api.get(f"/v1/projects/{project_id}", shapes.Project)
+    limits = {"instances": max_instances, "vcpus": max_vcpus, "ram_mb": max_ram, "disk_gb": max_disk}
+    wanted = {k: v for k, v in limits.items() if v is not None}
+    body = shapes.ProjectPatch(
+        name=name, description=description,
+        tags={} if clear_tags else (parse_tags(tag) if tag else None),
+        quotas=msgspec.structs.replace(current.quotas, **wanted) if wanted else None,
+    )
+    print_project(cli, await cli.api.patch(f"/v1/projects/{project_id}", body, shapes.Project,
+                                           headers={"If-Match": f'"{current.version}"'}))
 
 
 @command(app, "delete")

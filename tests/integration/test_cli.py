@@ -152,6 +152,29 @@ async def test_an_admin_sets_up_projects_users_and_images(nebula: Nebula, tmp_pa
     assert (await nebula("project", "list", "--json")).json() == []
 
 
+async def test_a_project_is_updated_in_place(nebula: Nebula) -> None:
+    await nebula("project", "create", "web", "--tag", "team=a", "--max-vcpus", "8")
+    alice = (await nebula("user", "create", "alice", "--json")).json()
+    await nebula("project", "add-member", "web", "alice", "--role", "admin")
+
+    changed = await nebula("project", "update", "web", "--description", "the shop", "--tag", "team=b",
+                           "--tag", "tier=1", "--max-ram", "4096", "--json")
+    renamed = await nebula("project", "update", "web", "--name", "shop", "--clear-tags", token=alice["token"])
+    refused = await nebula("project", "update", "shop", "--max-vcpus", "100", token=alice["token"])
+    both = await nebula("project", "update", "shop", "--tag", "a=b", "--clear-tags")
+
+    assert changed.code == 0, changed.err
+    project = changed.json()
+    assert (project["description"], project["tags"]) == ("the shop", {"team": "b", "tier": "1"})
+    assert (project["quotas"]["ram_mb"], project["quotas"]["vcpus"]) == (4096, 8)  # the others kept
+    assert renamed.code == 0 and "shop" in renamed.out, renamed.err
+    shown = (await nebula("project", "show", "shop", "--json")).json()
+    assert (shown["name"], shown["tags"], shown["description"]) == ("shop", {}, "the shop")
+    assert refused.code == 1 and len(refused.err.strip().splitlines()) == 1
+    assert "only a cloud administrator may change a project's quotas" in refused.err
+    assert both.code == 2 and "--clear-tags" in both.err
+
+
 async def test_a_member_creates_inspects_and_drives_an_instance(nebula: Nebula, cloud: Cloud, tmp_path: Path) -> None:
     _, alice = await alpha_with_alice(cloud)
     user_data = tmp_path / "user-data"
