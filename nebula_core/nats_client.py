@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 import nats
@@ -32,6 +33,17 @@ def servers(url: str) -> list[str]:
     return [part.strip() for part in url.split(",") if part.strip()]
 
 
+def redacted(url: str) -> str:
+    """`url` fit for a message or a log: passwords (`nats://user:secret@host`) and tokens
+    (`nats://secret@host`) replaced."""
+
+    def hide(match: re.Match[str]) -> str:
+        user, colon, _ = match.group(1).partition(":")
+        return f"//{user}:***@" if colon else "//***@"
+
+    return ",".join(re.sub(r"//([^/]*)@", hide, part) for part in servers(url))
+
+
 async def connect(url: str, *, name: str, once: bool = False, **options: Any) -> NATS:
     """A NATS connection for role `name`. `once`: fail fast instead of retrying (CLI use)."""
     defaults: dict[str, Any] = {
@@ -51,4 +63,4 @@ async def connect(url: str, *, name: str, once: bool = False, **options: Any) ->
     try:
         return await nats.connect(servers(url), **{**defaults, **options})
     except (OSError, nats.errors.NoServersError, TimeoutError) as err:
-        raise ConnectionError(f"cannot reach NATS at {url}: {err or type(err).__name__}") from err
+        raise ConnectionError(f"cannot reach NATS at {redacted(url)}: {err or type(err).__name__}") from err

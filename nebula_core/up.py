@@ -27,6 +27,7 @@ from nebula_core import config
 from nebula_core.config import Settings
 from nebula_core.embedded import NatsServer, Postgres, nats_server_binary, wait_for_port
 from nebula_core.initialize import initialize
+from nebula_core.nats_client import redacted
 
 
 def log(message: str) -> None:
@@ -290,7 +291,7 @@ class AllInOne:
                     "Nebula is up.",
                     f"  API:         http://{self.settings.api_listen}/v1  (logs: {self.state / 'logs'})",
                     f"  metadata:    http://{self.settings.meta_listen}/nocloud/",
-                    f"  NATS:        {nats_url}",
+                    f"  NATS:        {redacted(nats_url)}",
                     f"  Postgres:    {pg_dsn}",
                     f"  state:       {self.state}",
                     f"  node:        {self.settings.node_id} on {self.libvirt_uri}",
