@@ -16,7 +16,7 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nebula_core.api import keys, queries, shapes
 from nebula_core.api.auth import principal, require_role
 from nebula_core.api.idempotency import new_id
-from nebula_core.api.projects import etag, if_match, path_uuid
+from nebula_core.api.projects import etag, if_match, path_uuid, read_your_write
 from nebula_core.api.routing import Operations, body, respond
 from nebula_core.contract import commands, subjects
 from nebula_core.contract.events import encode_event, event_type
@@ -59,12 +59,14 @@ async def _visible(request: web.Request, instance_id: uuid.UUID, at_least: str =
 
 async def _answer(request: web.Request, instance_id: uuid.UUID, seq: int, status: int) -> web.Response:
     """The instance as the read models show it once they include `seq` (else as the events do)."""
-    writer = request.app[keys.WRITER]
-    row = await queries.instance(request.app[keys.POOL], instance_id) if await writer.projected(seq) else None
-    if row is not None and row["last_seq"] >= seq:
-        view = queries.instance_shape(row)
-    else:
-        view = _instance_from_aggregate(await writer.store.load(Instance, instance_id))
+    async def from_read_model() -> shapes.Instance | None:
+        row = await queries.instance(request.app[keys.POOL], instance_id)
+        return queries.instance_shape(row) if row is not None and row["last_seq"] >= seq else None
+
+    async def from_events() -> shapes.Instance:
+        return _instance_from_aggregate(await request.app[keys.WRITER].store.load(Instance, instance_id))
+
+    view = await read_your_write(request, seq, from_read_model, from_events)
     return respond(view, status, headers=etag(view.version))
 
 
