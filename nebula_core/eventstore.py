@@ -33,9 +33,9 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from nebula_core.contract import subjects
+from nebula_core.contract.errors import ConcurrencyConflict, NotFound
 from nebula_core.contract.events import Event, decode_event, encode_event, event_type
 from nebula_core.domain.codec import Codec
-from nebula_core.errors import ConcurrencyConflict, NotFound
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -119,9 +119,7 @@ class EventStore:
             # event stored at this version is byte for byte the one we are appending.
             stored = await self._stored_version(subject, event)
             if stored is None:
-                raise ConcurrencyConflict(
-                    f"{subject} changed since version {event.version - 1} was read"
-                ) from err
+                raise ConcurrencyConflict(f"{subject} changed since version {event.version - 1} was read") from err
             return stored
         self._remember(event.id, event.version, ack.seq)
         return ack.seq
@@ -231,4 +229,3 @@ class EventStore:
             return None
         assert raw.seq is not None and raw.data is not None
         return StoredEvent(raw.seq, decode_event(raw.data))
-

@@ -20,10 +20,10 @@ from faststream.nats import NatsBroker
 from nats.js import JetStreamContext
 
 from nebula_core.contract import subjects
-from nebula_core.nats_client import servers
 from nebula_core.contract.commands import Command, command_verb
+from nebula_core.contract.errors import NebulaError
 from nebula_core.contract.node import ErrorBody, NodeReply
-from nebula_core.errors import NebulaError
+from nebula_core.nats_client import servers
 
 log = logging.getLogger("nebula.messaging")
 

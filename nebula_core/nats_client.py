@@ -55,8 +55,11 @@ async def connect(url: str, *, name: str, once: bool = False, **options: Any) ->
     if once:
         # Two tries, no noise: the caller reports the one error that matters.
         defaults.update(
-            connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=1,
-            reconnect_time_wait=0.5, error_cb=_quiet,
+            connect_timeout=3,
+            allow_reconnect=False,
+            max_reconnect_attempts=1,
+            reconnect_time_wait=0.5,
+            error_cb=_quiet,
         )
     else:
         defaults.update(max_reconnect_attempts=-1, reconnect_time_wait=1)

@@ -18,16 +18,17 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import yaml
 from aiohttp import web
 
 from nebula_core import nats_client
 from nebula_core.config import Settings
+from nebula_core.contract.errors import ConcurrencyConflict, IllegalTransition, NotFound
+from nebula_core.contract.limits import META_BODY_MAX_BYTES
 from nebula_core.domain import AGGREGATES, Instance
 from nebula_core.domain.codec import Codec
-from nebula_core.errors import ConcurrencyConflict, IllegalTransition, NotFound
 from nebula_core.eventstore import EventStore
 from nebula_meta.model import Instances, Record, follow_events, follow_seeds
 
@@ -84,8 +85,7 @@ def _authorised(request: web.Request) -> Record:
 
 
 def _yaml(value: object) -> web.Response:
-    return web.Response(text=yaml.safe_dump(value, default_flow_style=False, sort_keys=False),
-                        content_type="text/yaml")
+    return web.Response(text=yaml.safe_dump(value, default_flow_style=False, sort_keys=False), content_type="text/yaml")
 
 
 routes = web.RouteTableDef()
@@ -95,12 +95,14 @@ PREFIX = "/nocloud/{instance_id}/{token}/"
 @routes.get(PREFIX + "meta-data")
 async def meta_data(request: web.Request) -> web.Response:
     record = _authorised(request)
-    return _yaml({
-        "instance-id": str(record.instance_id),
-        "local-hostname": record.hostname,
-        "project-id": str(record.project_id),
-        "tags": dict(record.tags),
-    })
+    return _yaml(
+        {
+            "instance-id": str(record.instance_id),
+            "local-hostname": record.hostname,
+            "project-id": str(record.project_id),
+            "tags": dict(record.tags),
+        }
+    )
 
 
 @routes.get(PREFIX + "user-data")
@@ -131,7 +133,7 @@ async def phone_home(request: web.Request) -> web.Response:
     record = _authorised(request)
     await request.read()  # whatever the guest says (cloud-init sends its keys) is not kept
     store = request.app[STORE]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for _ in range(5):
         try:
             instance = await store.load(Instance, record.instance_id)
@@ -150,8 +152,10 @@ async def phone_home(request: web.Request) -> web.Response:
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     ready = request.app[MODEL].ready
-    return web.json_response({"status": "ok" if ready else "starting", "instances": len(request.app[MODEL].by_id)},
-                             status=200 if ready else 503)
+    return web.json_response(
+        {"status": "ok" if ready else "starting", "instances": len(request.app[MODEL].by_id)},
+        status=200 if ready else 503,
+    )
 
 
 async def _follow(app: web.Application) -> AsyncIterator[None]:
@@ -160,11 +164,13 @@ async def _follow(app: web.Application) -> AsyncIterator[None]:
     js = nc.jetstream()
     app[STORE] = EventStore(js, Codec(*AGGREGATES))
     stop = asyncio.Event()
-    tasks = [asyncio.create_task(follow_events(js, app[MODEL], stop)),
-             asyncio.create_task(follow_seeds(js, app[MODEL], stop))]
+    tasks = [
+        asyncio.create_task(follow_events(js, app[MODEL], stop)),
+        asyncio.create_task(follow_seeds(js, app[MODEL], stop)),
+    ]
     try:
         await asyncio.wait_for(app[MODEL].wait_ready(), 60)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         log.warning("still reading the instance history; serving what is known")
     yield
     stop.set()
@@ -182,7 +188,7 @@ async def plain_errors(request: web.Request, handler):  # type: ignore[no-untype
 
 
 def make_app(settings: Settings, *, rate: float = 10.0, burst: float = 30.0) -> web.Application:
-    app = web.Application(middlewares=[plain_errors], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[plain_errors], client_max_size=META_BODY_MAX_BYTES)
     app[SETTINGS] = settings
     app[MODEL] = Instances()
     app[LIMITER] = RateLimiter(rate, burst)

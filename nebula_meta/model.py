@@ -18,9 +18,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from nebula_core.contract import subjects
-from nebula_core.contract.events import Event, InstanceCreated, InstanceDeleted, InstanceUpdated
+from nebula_core.contract.events import Event, InstanceCreated, InstanceDeleted, InstanceUpdated, decode_known
 from nebula_core.contract.kv import InstanceSeed
-from nebula_core.projector import decode
 
 log = logging.getLogger("nebula.meta")
 
@@ -56,8 +55,9 @@ class Instances:
 
     def apply(self, event: Event) -> None:
         if isinstance(event, InstanceCreated):
-            self.by_id[event.id] = Record(event.id, event.metadata_token_hash, event.name, event.project_id,
-                                          dict(event.tags))
+            self.by_id[event.id] = Record(
+                event.id, event.metadata_token_hash, event.name, event.project_id, dict(event.tags)
+            )
         elif isinstance(event, InstanceUpdated) and event.id in self.by_id:
             record = self.by_id[event.id]
             record.hostname, record.tags = event.name, dict(event.tags)
@@ -74,7 +74,9 @@ async def follow_events(js: JetStreamContext, model: Instances, stop: asyncio.Ev
     info = await js.stream_info(subjects.EVENTS_STREAM, subjects_filter=subjects.aggregate_events("instance"))
     head = info.state.last_seq
     sub = await js.subscribe(
-        subjects.aggregate_events("instance"), stream=subjects.EVENTS_STREAM, ordered_consumer=True,
+        subjects.aggregate_events("instance"),
+        stream=subjects.EVENTS_STREAM,
+        ordered_consumer=True,
         deliver_policy=DeliverPolicy.ALL,
     )
     if head == 0 or not info.state.messages:
@@ -86,7 +88,7 @@ async def follow_events(js: JetStreamContext, model: Instances, stop: asyncio.Ev
             except (TimeoutError, nats.errors.TimeoutError):
                 model.events_read.set()  # nothing pending: caught up
                 continue
-            event = decode(message.data)
+            event = decode_known(message.data)
             if event is not None:
                 model.apply(event)
             if message.metadata.num_pending == 0:

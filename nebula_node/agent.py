@@ -34,6 +34,7 @@ from nats.js import JetStreamContext
 
 from nebula_core.config import Settings
 from nebula_core.contract import subjects
+from nebula_core.contract.errors import ConcurrencyConflict, NotFound
 from nebula_core.contract.kv import Heartbeat
 from nebula_core.contract.node import (
     ConsoleOutput,
@@ -49,11 +50,10 @@ from nebula_core.contract.types import Overcommit, Resources
 from nebula_core.domain import AGGREGATES, Node, create_with_id
 from nebula_core.domain.codec import Codec
 from nebula_core.domain.node import node_uuid
-from nebula_core.errors import ConcurrencyConflict, NotFound
 from nebula_core.eventstore import EventStore
 from nebula_core.messaging import make_broker, reply_errors
-from nebula_node.driver import LibvirtDriver
 from nebula_node.heartbeat import Heartbeats
+from nebula_node.libvirt.driver import LibvirtDriver
 from nebula_node.reports import InstanceLocks, Reporter
 
 log = logging.getLogger("nebula.node.agent")
@@ -97,8 +97,13 @@ class Operations:
 
     def handlers(self) -> dict[str, Callable[..., Awaitable[NodeReply]]]:
         table = {
-            "create": self.create, "start": self.start, "stop": self.stop, "reboot": self.reboot,
-            "delete": self.delete, "status": self.status, "console": self.console,
+            "create": self.create,
+            "start": self.start,
+            "stop": self.stop,
+            "reboot": self.reboot,
+            "delete": self.delete,
+            "status": self.status,
+            "console": self.console,
         }
         assert set(table) == set(subjects.NODE_OPS)
         return table
@@ -171,8 +176,12 @@ class NodeAgent:
         if driver is None:
             use_kvm = settings.node_kvm if kvm is None else kvm
             driver = LibvirtDriver.for_node(
-                libvirt_uri or settings.libvirt_uri, Path(settings.state_dir), node_id=settings.node_id,
-                simulated=simulated, kvm=use_kvm, network=settings.node_network or None,
+                libvirt_uri or settings.libvirt_uri,
+                Path(settings.state_dir),
+                node_id=settings.node_id,
+                simulated=simulated,
+                kvm=use_kvm,
+                network=settings.node_network or None,
             )
             self._owns_driver = True
         else:
@@ -221,9 +230,16 @@ class NodeAgent:
         except BaseException:
             await self.stop()
             raise
-        log.info("node=%s up: %d vCPU, %d MiB, %d GiB, %d claims, %d reports, domain type %s",
-                 self.node_id, self.capacity.vcpus, self.capacity.ram_mb, self.capacity.disk_gb,
-                 len(self.node.claims), reported, self.driver.domain_type)
+        log.info(
+            "node=%s up: %d vCPU, %d MiB, %d GiB, %d claims, %d reports, domain type %s",
+            self.node_id,
+            self.capacity.vcpus,
+            self.capacity.ram_mb,
+            self.capacity.disk_gb,
+            len(self.node.claims),
+            reported,
+            self.driver.domain_type,
+        )
 
     async def stop(self) -> None:
         """Stop answering, heartbeating and reporting; no goodbye (the heartbeat key ages
@@ -243,7 +259,9 @@ class NodeAgent:
         operations = Operations(self.node_id, self.driver, self._locks, self._reporter)
         for op, handler in operations.handlers().items():
             subscriber = broker.subscriber(
-                subjects.node_subject(self.node_id, op), persistent=False, max_workers=WORKERS_PER_OP,
+                subjects.node_subject(self.node_id, op),
+                persistent=False,
+                max_workers=WORKERS_PER_OP,
                 description=handler.__doc__,
             )
             subscriber(handler)
@@ -268,13 +286,20 @@ class NodeAgent:
             try:
                 node = await self._store.load(Node, node_id)
                 node.reregister(
-                    region=self.settings.region, capacity=self.capacity, overcommit=self.overcommit,
+                    region=self.settings.region,
+                    capacity=self.capacity,
+                    overcommit=self.overcommit,
                     agent_version=self.version,
                 )
             except NotFound:
                 node = create_with_id(
-                    Node, node_id, name=self.node_id, region=self.settings.region, capacity=self.capacity,
-                    overcommit=self.overcommit, agent_version=self.version,
+                    Node,
+                    node_id,
+                    name=self.node_id,
+                    region=self.settings.region,
+                    capacity=self.capacity,
+                    overcommit=self.overcommit,
+                    agent_version=self.version,
                 )
             try:
                 sequences = await self._store.save(node, actor=self.actor)
@@ -365,7 +390,9 @@ def documented_broker(settings: Settings) -> NatsBroker:
     operations = Operations("{node_id}", None, InstanceLocks(), None)  # type: ignore[arg-type]
     for op, handler in operations.handlers().items():
         broker.subscriber(
-            f"{subjects.NODE_PREFIX}.{{node_id}}.{op}", title=f"node/{op}", description=handler.__doc__,
+            f"{subjects.NODE_PREFIX}.{{node_id}}.{op}",
+            title=f"node/{op}",
+            description=handler.__doc__,
         )(handler)
     return broker
 

@@ -147,9 +147,7 @@ class InstanceDisks:
         """Where libvirt writes the serial console; its directory exists once a disk does."""
         return self.instance_dir(instance_id) / CONSOLE_LOG_NAME
 
-    async def create_overlay(
-        self, instance_id: str | uuid.UUID, base_path: Path, size_gb: int
-    ) -> Path:
+    async def create_overlay(self, instance_id: str | uuid.UUID, base_path: Path, size_gb: int) -> Path:
         """Make ``disk.qcow2``: a qcow2 overlay on ``base_path`` of ``size_gb`` GiB.
 
         The base is qcow2 or raw (probed, then pinned with ``-F``) and must not have a
@@ -165,9 +163,7 @@ class InstanceDisks:
         want = DiskSpec("qcow2", size, str(base), base_info.format)
         return await self._ensure_disk(self._disk_path(instance_id, OVERLAY_NAME), want)
 
-    async def create_blank(
-        self, instance_id: str | uuid.UUID, size_gb: int, name: str = "data"
-    ) -> Path:
+    async def create_blank(self, instance_id: str | uuid.UUID, size_gb: int, name: str = "data") -> Path:
         """Make ``<name>.qcow2``: an empty qcow2 disk of ``size_gb`` GiB.
 
         Idempotent: an existing blank disk of that size is returned; anything else under

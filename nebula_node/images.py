@@ -68,9 +68,7 @@ class ImageChecksumMismatch(ImageVerificationFailed):
     """The sha256 of the fetched bytes differs from the expected one."""
 
     def __init__(self, source: str, *, expected: str, actual: str) -> None:
-        super().__init__(
-            source, f"sha256 is {actual}, expected {expected}", expected=expected, actual=actual
-        )
+        super().__init__(source, f"sha256 is {actual}, expected {expected}", expected=expected, actual=actual)
 
 
 class ImageSizeMismatch(ImageVerificationFailed):
@@ -78,9 +76,7 @@ class ImageSizeMismatch(ImageVerificationFailed):
 
     def __init__(self, source: str, *, expected: int, actual: int, aborted: bool = False) -> None:
         got = f"more than {expected} (stopped after {actual})" if aborted else str(actual)
-        super().__init__(
-            source, f"size is {got} bytes, expected {expected}", expected=expected, actual=actual
-        )
+        super().__init__(source, f"size is {got} bytes, expected {expected}", expected=expected, actual=actual)
 
 
 # --- values ------------------------------------------------------------------------------
@@ -241,9 +237,7 @@ class ImageCache:
             async for chunk in chunks:
                 size += len(chunk)
                 if limit is not None and size > limit:
-                    raise ImageSizeMismatch(
-                        artifact.source, expected=limit, actual=size, aborted=True
-                    )
+                    raise ImageSizeMismatch(artifact.source, expected=limit, actual=size, aborted=True)
                 await asyncio.to_thread(_absorb, hasher, out, chunk)
         return hasher.hexdigest(), size
 
@@ -300,9 +294,7 @@ def _is_http(source: str) -> bool:
 
 def _check_source(source: str) -> None:
     if not (source.startswith(("/", "file://")) or _is_http(source)):
-        raise ImageFetchFailed(
-            source, "unsupported source: use an absolute path, a file:// or an http(s):// URL"
-        )
+        raise ImageFetchFailed(source, "unsupported source: use an absolute path, a file:// or an http(s):// URL")
 
 
 def _expected_size(artifact: ArtifactRef) -> int | None:

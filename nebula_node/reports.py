@@ -36,7 +36,7 @@ from nats.js import JetStreamContext
 from nebula_core.contract import subjects
 from nebula_core.contract.commands import ReportDomain
 from nebula_core.contract.node import DomainState
-from nebula_node.driver import DomainEvent, LibvirtDriver
+from nebula_node.libvirt.driver import DomainEvent, LibvirtDriver
 
 log = logging.getLogger("nebula.node.reports")
 
@@ -122,8 +122,9 @@ class Reporter:
         try:
             await self.check(instance_id)
         except Exception as err:  # the next sweep tries again
-            log.warning("instance=%s node=%s cannot look at the domain after an event: %s",
-                        instance_id, self.node_id, err)
+            log.warning(
+                "instance=%s node=%s cannot look at the domain after an event: %s", instance_id, self.node_id, err
+            )
 
     async def check(self, instance_id: uuid.UUID, reason: str | None = None) -> bool:
         """Between operations, report the domain's state if the control plane does not
@@ -180,6 +181,12 @@ class Reporter:
             log.warning("instance=%s node=%s cannot report state=%s: %s", instance_id, self.node_id, state, err)
             return False
         self.known[instance_id] = state
-        log.info("instance=%s node=%s reported state=%s reason=%r command=%s",
-                 instance_id, self.node_id, state, reason, command.command_id)
+        log.info(
+            "instance=%s node=%s reported state=%s reason=%r command=%s",
+            instance_id,
+            self.node_id,
+            state,
+            reason,
+            command.command_id,
+        )
         return True

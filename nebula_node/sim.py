@@ -28,7 +28,7 @@ from nebula_core.config import Settings
 from nebula_core.contract.types import Overcommit, Resources
 from nebula_core.messaging import make_broker, reply_errors
 from nebula_node.agent import NodeAgent, node_overcommit
-from nebula_node.driver import LibvirtDriver
+from nebula_node.libvirt.driver import LibvirtDriver
 
 log = logging.getLogger("nebula.node.sim")
 
@@ -44,8 +44,15 @@ def simulated_host_xml(capacity: Resources) -> str:
     node = ET.Element("node")
     cpu = ET.SubElement(node, "cpu")
     cores = str(max(1, capacity.vcpus))
-    for tag, value in (("nodes", "1"), ("sockets", "1"), ("cores", cores), ("threads", "1"),
-                       ("active", cores), ("mhz", "2000"), ("model", "x86_64")):
+    for tag, value in (
+        ("nodes", "1"),
+        ("sockets", "1"),
+        ("cores", cores),
+        ("threads", "1"),
+        ("active", cores),
+        ("mhz", "2000"),
+        ("model", "x86_64"),
+    ):
         ET.SubElement(cpu, tag).text = value
     ET.SubElement(node, "memory").text = str(max(1, capacity.ram_mb) * 1024)  # KiB
     return ET.tostring(node, encoding="unicode")
@@ -175,9 +182,7 @@ class Fleet:
         if node_id in self._agents:
             return self._agents[node_id]
         driver = self._driver(node_id)
-        agent = NodeAgent(
-            self.settings_for(node_id), capacity=self.capacity, overcommit=self.overcommit, driver=driver
-        )
+        agent = NodeAgent(self.settings_for(node_id), capacity=self.capacity, overcommit=self.overcommit, driver=driver)
         await agent.start(self._broker)
         self._agents[node_id] = agent
         return agent
@@ -214,6 +219,7 @@ async def run_sim(
         create_delay=create_delay,
     )
     async with fleet:
-        log.info("simulating %d nodes %s-0001..%s-%04d in region %s", nodes, name_prefix, name_prefix, nodes,
-                 fleet.region)
+        log.info(
+            "simulating %d nodes %s-0001..%s-%04d in region %s", nodes, name_prefix, name_prefix, nodes, fleet.region
+        )
         await stop.wait()

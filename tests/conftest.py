@@ -16,8 +16,9 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from nebula_core.embedded import NatsServer, Postgres
-from nebula_ops import topology
+from nebula_core.allinone import init
+from nebula_core.allinone.embedded import NatsServer, Postgres
+from nebula_core.contract import topology
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def topology_options() -> dict[str, float]:
 async def js(nc: NATS, topology_options: dict[str, float]) -> JetStreamContext:
     """A JetStream context on a server holding Nebula's topology."""
     context = nc.jetstream()
-    await topology.apply(context, topology.declare(**topology_options))  # type: ignore[arg-type]
+    await init.apply(context, topology.declare(**topology_options))  # type: ignore[arg-type]
     return context
 
 
@@ -85,7 +86,7 @@ async def pg_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
     """A pool on a fresh database holding every migration."""
-    from nebula_ops import migrate
+    from nebula_core.projections import migrate
 
     conn = await asyncpg.connect(pg_dsn)
     try:

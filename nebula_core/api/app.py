@@ -10,13 +10,15 @@ from aiohttp import web
 
 from nebula_core import nats_client
 from nebula_core.api import auth, events, images, instances, keys, nodes, projects, system, users
-from nebula_core.api.errors import MAX_BODY_BYTES, errors
+from nebula_core.api.errors import errors
 from nebula_core.api.idempotency import idempotency
-from nebula_core.api.metrics import Metrics, middleware as metrics_middleware
+from nebula_core.api.metrics import Metrics
+from nebula_core.api.metrics import middleware as metrics_middleware
 from nebula_core.api.openapi import document
 from nebula_core.api.routing import route_name
 from nebula_core.api.writes import Writer
 from nebula_core.config import Settings
+from nebula_core.contract.limits import API_BODY_MAX_BYTES
 from nebula_core.domain import AGGREGATES
 from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
@@ -49,7 +51,7 @@ def make_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     app = web.Application(
         middlewares=[metrics_middleware(metrics), errors, auth.authenticate, idempotency],
-        client_max_size=MAX_BODY_BYTES,
+        client_max_size=API_BODY_MAX_BYTES,
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics

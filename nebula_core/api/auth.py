@@ -20,11 +20,11 @@ from aiohttp import web
 
 from nebula_core.api import keys
 from nebula_core.contract import subjects
-from nebula_core.contract.events import UserCreated, UserTokenRotated
+from nebula_core.contract.errors import Forbidden, NotFound, Unauthorized
+from nebula_core.contract.events import UserCreated, UserTokenRotated, decode_known
 from nebula_core.contract.types import Role
 from nebula_core.domain import User
-from nebula_core.errors import Forbidden, NotFound, Unauthorized
-from nebula_core.projector import checkpoint, decode
+from nebula_core.projections.checkpoint import checkpoint
 
 ADMIN = "admin"
 #: A token the users table does not know is looked for among at most this many user
@@ -114,7 +114,7 @@ async def _unprojected_user(app: web.Application, given: str, projected: int) ->
         except nats.js.errors.NotFoundError:
             break
         assert raw.seq is not None and raw.data is not None
-        event = decode(raw.data)
+        event = decode_known(raw.data)
         if isinstance(event, (UserCreated, UserTokenRotated)) and hmac.compare_digest(event.token_hash, given):
             # The user's current token, as all its events tell (a later rotation revokes this one).
             user = await writer.store.load(User, event.id)

@@ -7,14 +7,14 @@ import logging
 from aiohttp import web
 
 from nebula_core.api.routing import respond
-from nebula_core.api.shapes import Error
-from nebula_core.errors import Invalid, NebulaError
+from nebula_core.contract.errors import Invalid, NebulaError
+from nebula_core.contract.http import Error
+from nebula_core.contract.limits import API_BODY_MAX_BYTES
 
 log = logging.getLogger("nebula.api")
 
 #: The largest request body the API reads: 64 KiB of user-data can take six times that
 #: as escaped JSON (`\u0001`).
-MAX_BODY_BYTES = 1 << 20
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -35,10 +35,10 @@ async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
         return await handler(request)
     except NebulaError as err:
         return _error(err)
-    except web.HTTPRequestEntityTooLarge as err:
+    except web.HTTPRequestEntityTooLarge:
         # Only user-data can make a valid body this large: name it, as for any bad field.
         field = "$.user_data" if request.path == "/v1/instances" else "$"
-        return _error(Invalid(f"the request body is over {MAX_BODY_BYTES} bytes", [field]))
+        return _error(Invalid(f"the request body is over {API_BODY_MAX_BYTES} bytes", [field]))
     except web.HTTPException as err:
         if err.status < 400:
             raise

@@ -9,7 +9,6 @@ cloud admins see everything.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 
@@ -23,9 +22,8 @@ from nebula_core.api.auth import Principal, principal
 from nebula_core.api.instances import record
 from nebula_core.api.routing import Operations
 from nebula_core.contract import subjects
-from nebula_core.contract.events import Event, InstanceCreated
-from nebula_core.errors import Invalid
-from nebula_core.projector import decode
+from nebula_core.contract.errors import Invalid
+from nebula_core.contract.events import Event, InstanceCreated, decode_known
 
 ops = Operations()
 
@@ -85,9 +83,13 @@ def _resume_from(request: web.Request) -> int | None:
     return int(raw)
 
 
-@ops("GET", "/v1/events", summary="Live stream of events (Server-Sent Events), resumable",
-     content_type="text/event-stream",
-     query={"since": "resume after this sequence (or send Last-Event-ID)"})
+@ops(
+    "GET",
+    "/v1/events",
+    summary="Live stream of events (Server-Sent Events), resumable",
+    content_type="text/event-stream",
+    query={"since": "resume after this sequence (or send Last-Event-ID)"},
+)
 async def stream_events(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     since = _resume_from(request)
@@ -98,7 +100,10 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         else ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=since + 1)
     )
     sub = await js.subscribe(
-        subjects.EVENTS_ALL, stream=subjects.EVENTS_STREAM, ordered_consumer=True, config=config,
+        subjects.EVENTS_ALL,
+        stream=subjects.EVENTS_STREAM,
+        ordered_consumer=True,
+        config=config,
         deliver_policy=config.deliver_policy,
     )
     visibility = Visibility(request, who)
@@ -108,13 +113,13 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
             while response.is_connected():
                 try:
                     message = await sub.next_msg(timeout=1.0)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     continue
                 except Exception as err:  # nats' own TimeoutError has no common base with asyncio's
                     if type(err).__name__ == "TimeoutError":
                         continue
                     raise
-                event = decode(message.data)
+                event = decode_known(message.data)
                 if event is None or not await visibility.allows(event):
                     continue
                 seq = message.metadata.sequence.stream

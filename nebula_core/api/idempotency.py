@@ -17,7 +17,7 @@ from aiohttp import web
 
 from nebula_core.api import keys
 from nebula_core.api.auth import PRINCIPAL, principal
-from nebula_core.errors import ConcurrencyConflict, Invalid
+from nebula_core.contract.errors import ConcurrencyConflict, Invalid
 
 HEADER = "Idempotency-Key"
 _NAMESPACE = uuid.UUID("6f0d4c57-2a55-4f41-9d8a-61d3b1a1c0de")
@@ -73,7 +73,12 @@ async def idempotency(request: web.Request, handler):  # type: ignore[no-untyped
         await request.app[keys.POOL].execute(
             """INSERT INTO idempotency_keys (principal, key, method, path, request_hash, status, response)
                VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
-            principal(request).key, key, request.method, request.path, request_hash, response.status,
+            principal(request).key,
+            key,
+            request.method,
+            request.path,
+            request_hash,
+            response.status,
             bytes(response.body),  # type: ignore[arg-type]
         )
     return response

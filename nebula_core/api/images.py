@@ -6,21 +6,28 @@ import uuid
 
 from aiohttp import web
 
-from nebula_core.api import keys, queries, shapes
+from nebula_core.api import keys, queries
 from nebula_core.api.auth import require_admin
 from nebula_core.api.idempotency import new_id
 from nebula_core.api.projects import path_uuid, read_your_write
 from nebula_core.api.routing import Operations, body, respond
+from nebula_core.contract import http as shapes
+from nebula_core.contract.errors import Conflict, NotFound
 from nebula_core.domain import Image, create_with_id
-from nebula_core.errors import Conflict, NotFound
 
 ops = Operations()
 
 
 def _image_from_aggregate(image: Image) -> shapes.Image:
     return shapes.Image(
-        id=image.id, name=image.name, format=image.format, source=image.source, sha256=image.sha256,
-        size=image.size, min_disk_gb=image.min_disk_gb, created_at=image.created_on,
+        id=image.id,
+        name=image.name,
+        format=image.format,
+        source=image.source,
+        sha256=image.sha256,
+        size=image.size,
+        min_disk_gb=image.min_disk_gb,
+        created_at=image.created_on,
     )
 
 
@@ -40,8 +47,14 @@ async def _image_from_read_model(request: web.Request, image_id: uuid.UUID) -> s
     return None if row is None else queries.image_shape(row)
 
 
-@ops("POST", "/v1/images", summary="Register an image (cloud admins)", body=shapes.ImageCreate,
-     response=shapes.Image, status=201)
+@ops(
+    "POST",
+    "/v1/images",
+    summary="Register an image (cloud admins)",
+    body=shapes.ImageCreate,
+    response=shapes.Image,
+    status=201,
+)
 async def create_image(request: web.Request) -> web.Response:
     who = require_admin(request)
     spec = await body(request, shapes.ImageCreate)
@@ -49,8 +62,14 @@ async def create_image(request: web.Request) -> web.Response:
     if await pool.fetchval("SELECT true FROM images WHERE name = $1 AND NOT deleted", spec.name):
         raise Conflict(f"an image named {spec.name!r} exists")
     image = create_with_id(
-        Image, new_id(request, "image"), name=spec.name, format=spec.format, source=spec.source,
-        sha256=spec.sha256, size=spec.size, min_disk_gb=spec.min_disk_gb,
+        Image,
+        new_id(request, "image"),
+        name=spec.name,
+        format=spec.format,
+        source=spec.source,
+        sha256=spec.sha256,
+        size=spec.size,
+        min_disk_gb=spec.min_disk_gb,
     )
     seq = await request.app[keys.WRITER].save(image, actor=who.key)
     view = await read_your_write(
@@ -59,8 +78,7 @@ async def create_image(request: web.Request) -> web.Response:
     return respond(view, 201)
 
 
-@ops("GET", "/v1/images", summary="The images", list_of=shapes.Image,
-     query={"limit": "1-500", "cursor": "from `next`"})
+@ops("GET", "/v1/images", summary="The images", list_of=shapes.Image, query={"limit": "1-500", "cursor": "from `next`"})
 async def list_images(request: web.Request) -> web.Response:
     where = queries.Where()
     where.add("NOT g.deleted")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
@@ -13,18 +13,20 @@ from aiohttp import web
 from nats.js import JetStreamContext
 from nats.js.errors import KeyWrongLastSequenceError
 
-from nebula_core.api import keys, queries, shapes
+from nebula_core.api import keys, queries
 from nebula_core.api.auth import principal, require_role
 from nebula_core.api.idempotency import new_id
 from nebula_core.api.projects import etag, if_match, path_uuid, read_your_write
 from nebula_core.api.routing import Operations, body, respond
 from nebula_core.contract import commands, subjects
+from nebula_core.contract import http as shapes
+from nebula_core.contract.errors import Conflict, Invalid, NodeUnavailable, NotFound, QuotaExceeded
 from nebula_core.contract.events import encode_event, event_type
 from nebula_core.contract.kv import InstanceSeed
+from nebula_core.contract.limits import CONSOLE_DEFAULT_BYTES, CONSOLE_MAX_BYTES, USER_DATA_MAX_BYTES
 from nebula_core.contract.node import ConsoleRequest, NodeReply
 from nebula_core.contract.types import Quotas, Resources
 from nebula_core.domain import Instance, create_with_id
-from nebula_core.errors import Conflict, Invalid, NodeUnavailable, NotFound, QuotaExceeded
 from nebula_core.eventstore import EventStore
 
 ops = Operations()
@@ -35,11 +37,23 @@ QUOTA_CATCH_UP_S = 5.0
 
 def _instance_from_aggregate(instance: Instance) -> shapes.Instance:
     return shapes.Instance(
-        id=instance.id, project_id=instance.project_id, name=instance.name, description=instance.description,
-        tags=dict(instance.tags), region=instance.region, vcpus=instance.flavor.vcpus,
-        ram_mb=instance.flavor.ram_mb, disk_gb=instance.flavor.disk_gb, image=instance.image_id,
-        state=instance.state, node_id=instance.node_id, error=instance.error, created_at=instance.created_on,
-        updated_at=instance.modified_on, booted_at=instance.booted_at, version=instance.version,
+        id=instance.id,
+        project_id=instance.project_id,
+        name=instance.name,
+        description=instance.description,
+        tags=dict(instance.tags),
+        region=instance.region,
+        vcpus=instance.flavor.vcpus,
+        ram_mb=instance.flavor.ram_mb,
+        disk_gb=instance.flavor.disk_gb,
+        image=instance.image_id,
+        state=instance.state,
+        node_id=instance.node_id,
+        error=instance.error,
+        created_at=instance.created_on,
+        updated_at=instance.modified_on,
+        booted_at=instance.booted_at,
+        version=instance.version,
     )
 
 
@@ -59,6 +73,7 @@ async def _visible(request: web.Request, instance_id: uuid.UUID, at_least: str =
 
 async def _answer(request: web.Request, instance_id: uuid.UUID, seq: int, status: int) -> web.Response:
     """The instance as the read models show it once they include `seq` (else as the events do)."""
+
     async def from_read_model() -> shapes.Instance | None:
         row = await queries.instance(request.app[keys.POOL], instance_id)
         return queries.instance_shape(row) if row is not None and row["last_seq"] >= seq else None
@@ -93,13 +108,19 @@ async def _image_for(pool: asyncpg.Pool, spec: shapes.InstanceCreate) -> asyncpg
     return image
 
 
-@ops("POST", "/v1/instances", summary="Create an instance; it is placed and booted asynchronously",
-     body=shapes.InstanceCreate, response=shapes.Instance, status=202)
+@ops(
+    "POST",
+    "/v1/instances",
+    summary="Create an instance; it is placed and booted asynchronously",
+    body=shapes.InstanceCreate,
+    response=shapes.Instance,
+    status=202,
+)
 async def create_instance(request: web.Request) -> web.Response:
     spec = await body(request, shapes.InstanceCreate)
     user_data = spec.user_data.encode()
-    if len(user_data) > shapes.USER_DATA_MAX_BYTES:
-        raise Invalid(f"user_data is {len(user_data)} bytes; at most {shapes.USER_DATA_MAX_BYTES}", ["$.user_data"])
+    if len(user_data) > USER_DATA_MAX_BYTES:
+        raise Invalid(f"user_data is {len(user_data)} bytes; at most {USER_DATA_MAX_BYTES}", ["$.user_data"])
     who = principal(request)
     await require_role(request, spec.project_id, "member")
     pool, writer = request.app[keys.POOL], request.app[keys.WRITER]
@@ -117,10 +138,18 @@ async def create_instance(request: web.Request) -> web.Response:
         _check_quota(quotas, await queries.usage(conn, spec.project_id), flavor)
         token = await _store_seed(writer.js, instance_id, spec.user_data)
         instance = create_with_id(
-            Instance, instance_id, project_id=spec.project_id,
-            owner_id=who.user_id or uuid.UUID(int=0), name=spec.name, description=spec.description,
-            tags=spec.tags, region=spec.region, flavor=flavor, image_id=image["id"],
-            user_data_size=len(user_data), user_data_sha256=hashlib.sha256(user_data).hexdigest(),
+            Instance,
+            instance_id,
+            project_id=spec.project_id,
+            owner_id=who.user_id or uuid.UUID(int=0),
+            name=spec.name,
+            description=spec.description,
+            tags=spec.tags,
+            region=spec.region,
+            flavor=flavor,
+            image_id=image["id"],
+            user_data_size=len(user_data),
+            user_data_sha256=hashlib.sha256(user_data).hexdigest(),
             metadata_token_hash=hashlib.sha256(token.encode()).hexdigest(),
         )
         seq = await writer.save(instance, actor=who.key)
@@ -151,20 +180,34 @@ async def _store_seed(js: JetStreamContext, instance_id: uuid.UUID, user_data: s
 
 
 def _command(cls: type[commands.Command], instance_id: uuid.UUID, actor: str, **fields: object) -> commands.Command:
-    return cls(command_id=uuid.uuid4(), instance_id=instance_id, requested_at=datetime.now(timezone.utc),
-               actor=actor, **fields)
+    return cls(command_id=uuid.uuid4(), instance_id=instance_id, requested_at=datetime.now(UTC), actor=actor, **fields)
 
 
-@ops("GET", "/v1/instances", summary="Instances the caller may see",
-     list_of=shapes.Instance,
-     query={"state": "one state", "tag": "key or key=value, repeatable", "region": "a region",
-            "project_id": "a project", "limit": "1-500", "cursor": "from `next`"})
+@ops(
+    "GET",
+    "/v1/instances",
+    summary="Instances the caller may see",
+    list_of=shapes.Instance,
+    query={
+        "state": "one state",
+        "tag": "key or key=value, repeatable",
+        "region": "a region",
+        "project_id": "a project",
+        "limit": "1-500",
+        "cursor": "from `next`",
+    },
+)
 async def list_instances(request: web.Request) -> web.Response:
     return respond(await queries.instances(request.app[keys.POOL], principal(request), request.query))
 
 
-@ops("GET", "/v1/instances/{instance_id}", summary="One instance; with ?at=<RFC 3339 time>, as it was then",
-     response=shapes.Instance, query={"at": "RFC 3339 time"})
+@ops(
+    "GET",
+    "/v1/instances/{instance_id}",
+    summary="One instance; with ?at=<RFC 3339 time>, as it was then",
+    response=shapes.Instance,
+    query={"at": "RFC 3339 time"},
+)
 async def get_instance(request: web.Request) -> web.Response:
     instance_id = path_uuid(request, "instance_id")
     if "at" in request.query:
@@ -205,8 +248,14 @@ _ACTIONS = {
 }
 
 
-@ops("POST", "/v1/instances/{instance_id}/actions", summary="Start, stop or reboot an instance",
-     body=shapes.Action, response=shapes.Instance, status=202)
+@ops(
+    "POST",
+    "/v1/instances/{instance_id}/actions",
+    summary="Start, stop or reboot an instance",
+    body=shapes.Action,
+    response=shapes.Instance,
+    status=202,
+)
 async def act(request: web.Request) -> web.Response:
     instance_id = path_uuid(request, "instance_id")
     action = (await body(request, shapes.Action)).action
@@ -220,8 +269,13 @@ async def act(request: web.Request) -> web.Response:
     return await _answer(request, instance_id, seq, 202)
 
 
-@ops("DELETE", "/v1/instances/{instance_id}", summary="Delete an instance (its domain, disks and data)",
-     response=shapes.Instance, status=202)
+@ops(
+    "DELETE",
+    "/v1/instances/{instance_id}",
+    summary="Delete an instance (its domain, disks and data)",
+    response=shapes.Instance,
+    status=202,
+)
 async def delete_instance(request: web.Request) -> web.Response:
     instance_id = path_uuid(request, "instance_id")
     await _visible(request, instance_id, "member")
@@ -233,8 +287,12 @@ async def delete_instance(request: web.Request) -> web.Response:
     return await _answer(request, instance_id, seq, 202)
 
 
-@ops("GET", "/v1/instances/{instance_id}/events", summary="The instance's whole history, from the event log",
-     list_of=shapes.EventRecord)
+@ops(
+    "GET",
+    "/v1/instances/{instance_id}/events",
+    summary="The instance's whole history, from the event log",
+    list_of=shapes.EventRecord,
+)
 async def instance_events(request: web.Request) -> web.Response:
     instance_id = path_uuid(request, "instance_id")
     await _visible(request, instance_id)
@@ -247,33 +305,49 @@ def record(seq: int, event: object) -> shapes.EventRecord:
     data = msgspec.json.decode(encode_event(event))  # type: ignore[arg-type]
     envelope = {k: data.pop(k) for k in ("type", "id", "version", "at", "actor")}
     return shapes.EventRecord(
-        seq=seq, type=envelope["type"], aggregate=event_type(event).split(".")[0],  # type: ignore[arg-type]
-        id=uuid.UUID(envelope["id"]), version=envelope["version"],
-        at=datetime.fromisoformat(envelope["at"].replace("Z", "+00:00")), actor=envelope["actor"], data=data,
+        seq=seq,
+        type=envelope["type"],
+        aggregate=event_type(event).split(".")[0],  # type: ignore[arg-type]
+        id=uuid.UUID(envelope["id"]),
+        version=envelope["version"],
+        at=datetime.fromisoformat(envelope["at"].replace("Z", "+00:00")),
+        actor=envelope["actor"],
+        data=data,
     )
 
 
-@ops("GET", "/v1/instances/{instance_id}/console", summary="The tail of the instance's serial console",
-     response=shapes.Console, query={"bytes": "how much of the tail (default 65536)"})
+@ops(
+    "GET",
+    "/v1/instances/{instance_id}/console",
+    summary="The tail of the instance's serial console",
+    response=shapes.Console,
+    query={"bytes": f"how much of the tail (default {CONSOLE_DEFAULT_BYTES}, at most {CONSOLE_MAX_BYTES})"},
+)
 async def console(request: web.Request) -> web.Response:
     instance_id = path_uuid(request, "instance_id")
     instance = await _visible(request, instance_id)
     if instance.node_id is None or instance.state in ("deleted", "pending"):
         raise Conflict(f"instance {instance_id} has no console while it is {instance.state}")
-    raw = request.query.get("bytes", "65536")
-    if not raw.isdigit() or not 1 <= int(raw) <= 1 << 20:
-        raise Invalid("bytes must be a whole number from 1 to 1048576", ["query:bytes"])
+    raw = request.query.get("bytes", str(CONSOLE_DEFAULT_BYTES))
+    if not raw.isdigit() or not 1 <= int(raw) <= CONSOLE_MAX_BYTES:
+        raise Invalid(f"bytes must be a whole number from 1 to {CONSOLE_MAX_BYTES}", ["query:bytes"])
     nc = request.app[keys.NATS_CLIENT]
     ask = ConsoleRequest(instance_id=instance_id, max_bytes=int(raw))
     try:
         reply = await nc.request(
             subjects.node_subject(instance.node_id, "console"), msgspec.json.encode(ask), timeout=10
         )
-    except Exception as err:  # noqa: BLE001 — timeouts and no-responders alike mean the node is not answering
+    except Exception as err:
         raise NodeUnavailable(f"node {instance.node_id} did not answer: {type(err).__name__}") from err
     answer = msgspec.json.decode(reply.data, type=NodeReply)
     if answer.error is not None or answer.console is None:
         message = answer.error.message if answer.error else "no console output"
         raise NodeUnavailable(f"node {instance.node_id}: {message}")
-    return respond(shapes.Console(instance_id=instance_id, node_id=instance.node_id, data=answer.console.data,
-                                  truncated=answer.console.truncated))
+    return respond(
+        shapes.Console(
+            instance_id=instance_id,
+            node_id=instance.node_id,
+            data=answer.console.data,
+            truncated=answer.console.truncated,
+        )
+    )

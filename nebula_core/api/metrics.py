@@ -12,11 +12,15 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
-            "nebula_http_requests", "HTTP requests by route and status", ["method", "route", "status"],
+            "nebula_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
-            "nebula_http_request_duration_seconds", "HTTP request latency", ["method", "route"],
+            "nebula_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
             registry=self.registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )

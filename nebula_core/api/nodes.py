@@ -6,9 +6,10 @@ import msgspec
 import nats.js.errors
 from aiohttp import web
 
-from nebula_core.api import keys, shapes
+from nebula_core.api import keys
 from nebula_core.api.auth import require_admin
 from nebula_core.api.routing import Operations, respond
+from nebula_core.contract import http as shapes
 from nebula_core.contract import subjects
 from nebula_core.contract.kv import Heartbeat
 
@@ -32,8 +33,13 @@ async def heartbeats(request: web.Request) -> dict[str, Heartbeat]:
     return beats
 
 
-@ops("GET", "/v1/nodes", summary="Compute nodes with capacity, allocation and liveness (cloud admins)",
-     list_of=shapes.Node, query={"region": "a region"})
+@ops(
+    "GET",
+    "/v1/nodes",
+    summary="Compute nodes with capacity, allocation and liveness (cloud admins)",
+    list_of=shapes.Node,
+    query={"region": "a region"},
+)
 async def list_nodes(request: web.Request) -> web.Response:
     require_admin(request)
     pool = request.app[keys.POOL]
@@ -44,11 +50,15 @@ async def list_nodes(request: web.Request) -> web.Response:
     beats = await heartbeats(request)
     items = [
         shapes.Node(
-            id=r["id"], region=r["region"],
+            id=r["id"],
+            region=r["region"],
             capacity={"vcpus": r["vcpus"], "ram_mb": r["ram_mb"], "disk_gb": r["disk_gb"]},
             overcommit={"cpu": r["cpu_ratio"], "ram": r["ram_ratio"], "disk": r["disk_ratio"]},
             allocated={"vcpus": r["alloc_vcpus"], "ram_mb": r["alloc_ram_mb"], "disk_gb": r["alloc_disk_gb"]},
-            instances=r["instances"], alive=r["id"] in beats, down=r["down"], agent_version=r["agent_version"],
+            instances=r["instances"],
+            alive=r["id"] in beats,
+            down=r["down"],
+            agent_version=r["agent_version"],
             last_heartbeat=beats[r["id"]].at if r["id"] in beats else None,
         )
         for r in rows

@@ -8,12 +8,13 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from nebula_core.api import keys, queries, shapes
+from nebula_core.api import keys, queries
 from nebula_core.api.auth import principal, require_admin, require_role
 from nebula_core.api.idempotency import new_id
 from nebula_core.api.routing import Operations, body, respond
+from nebula_core.contract import http as shapes
+from nebula_core.contract.errors import Conflict, Forbidden, Invalid, NotFound
 from nebula_core.domain import Project, User, create_with_id
-from nebula_core.errors import Conflict, Forbidden, Invalid, NotFound
 
 ops = Operations()
 
@@ -61,8 +62,14 @@ async def read_your_write(
 
 def _project_from_aggregate(project: Project, usage: shapes.Usage) -> shapes.Project:
     return shapes.Project(
-        id=project.id, name=project.name, description=project.description, tags=dict(project.tags),
-        quotas=project.quotas, usage=usage, created_at=project.created_on, updated_at=project.modified_on,
+        id=project.id,
+        name=project.name,
+        description=project.description,
+        tags=dict(project.tags),
+        quotas=project.quotas,
+        usage=usage,
+        created_at=project.created_on,
+        updated_at=project.modified_on,
         version=project.version,
     )
 
@@ -88,27 +95,43 @@ async def project_answer(request: web.Request, project_id: uuid.UUID, seq: int, 
     return respond(view, status, headers=etag(view.version))
 
 
-@ops("POST", "/v1/projects", summary="Create a project (cloud admins)", body=shapes.ProjectCreate,
-     response=shapes.Project, status=201)
+@ops(
+    "POST",
+    "/v1/projects",
+    summary="Create a project (cloud admins)",
+    body=shapes.ProjectCreate,
+    response=shapes.Project,
+    status=201,
+)
 async def create_project(request: web.Request) -> web.Response:
     who = require_admin(request)
     spec = await body(request, shapes.ProjectCreate)
     project = create_with_id(
-        Project, new_id(request, "project"), name=spec.name, description=spec.description, tags=spec.tags,
+        Project,
+        new_id(request, "project"),
+        name=spec.name,
+        description=spec.description,
+        tags=spec.tags,
         quotas=spec.quotas,
     )
     seq = await request.app[keys.WRITER].save(project, actor=who.key)
     return await project_answer(request, project.id, seq, 201)
 
 
-@ops("GET", "/v1/projects", summary="The projects the caller is a member of (all, for admins)",
-     list_of=shapes.Project, query={"tag": "key or key=value, repeatable", "limit": "1-500", "cursor": "from `next`"})
+@ops(
+    "GET",
+    "/v1/projects",
+    summary="The projects the caller is a member of (all, for admins)",
+    list_of=shapes.Project,
+    query={"tag": "key or key=value, repeatable", "limit": "1-500", "cursor": "from `next`"},
+)
 async def list_projects(request: web.Request) -> web.Response:
     return respond(await queries.projects(request.app[keys.POOL], principal(request), request.query))
 
 
-@ops("GET", "/v1/projects/{project_id}", summary="One project, with what it uses of its quotas",
-     response=shapes.Project)
+@ops(
+    "GET", "/v1/projects/{project_id}", summary="One project, with what it uses of its quotas", response=shapes.Project
+)
 async def get_project(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
     pool = request.app[keys.POOL]
@@ -126,8 +149,13 @@ async def get_project(request: web.Request) -> web.Response:
     return respond(view, headers=etag(view.version))
 
 
-@ops("PATCH", "/v1/projects/{project_id}", summary="Change a project (If-Match: its ETag, optional)",
-     body=shapes.ProjectPatch, response=shapes.Project)
+@ops(
+    "PATCH",
+    "/v1/projects/{project_id}",
+    summary="Change a project (If-Match: its ETag, optional)",
+    body=shapes.ProjectPatch,
+    response=shapes.Project,
+)
 async def patch_project(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
     await require_role(request, project_id, "admin")
@@ -136,9 +164,11 @@ async def patch_project(request: web.Request) -> web.Response:
     if spec.quotas is not None and not who.is_admin:
         raise Forbidden("only a cloud administrator may change a project's quotas")
     _, seq = await request.app[keys.WRITER].change(
-        Project, project_id,
+        Project,
+        project_id,
         lambda p: p.update(name=spec.name, description=spec.description, tags=spec.tags, quotas=spec.quotas),
-        actor=who.key, expected_version=if_match(request),
+        actor=who.key,
+        expected_version=if_match(request),
     )
     return await project_answer(request, project_id, seq, 200)
 
@@ -151,14 +181,21 @@ async def delete_project(request: web.Request) -> web.Response:
     if held.instances:
         raise Conflict(f"project {project_id} still holds {held.instances} instance(s); delete them first")
     writer = request.app[keys.WRITER]
-    _, seq = await writer.change(Project, project_id, lambda p: p.delete(), actor=principal(request).key,
-                                 expected_version=if_match(request))
+    _, seq = await writer.change(
+        Project, project_id, lambda p: p.delete(), actor=principal(request).key, expected_version=if_match(request)
+    )
     await writer.projected(seq)
     return web.Response(status=204)
 
 
-@ops("POST", "/v1/projects/{project_id}/members", summary="Give a user a role in the project",
-     body=shapes.MemberAdd, response=shapes.Member, status=201)
+@ops(
+    "POST",
+    "/v1/projects/{project_id}/members",
+    summary="Give a user a role in the project",
+    body=shapes.MemberAdd,
+    response=shapes.Member,
+    status=201,
+)
 async def add_member(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
     await require_role(request, project_id, "admin")
@@ -169,14 +206,14 @@ async def add_member(request: web.Request) -> web.Response:
         except NotFound:
             raise Invalid(f"no user {spec.user_id}", ["$.user_id"]) from None
     writer = request.app[keys.WRITER]
-    _, seq = await writer.change(Project, project_id, lambda p: p.set_member(spec.user_id, spec.role),
-                                 actor=principal(request).key)
+    _, seq = await writer.change(
+        Project, project_id, lambda p: p.set_member(spec.user_id, spec.role), actor=principal(request).key
+    )
     await writer.projected(seq)
     return respond(shapes.Member(user_id=spec.user_id, role=spec.role), 201)
 
 
-@ops("GET", "/v1/projects/{project_id}/members", summary="The project's members and their roles",
-     list_of=shapes.Member)
+@ops("GET", "/v1/projects/{project_id}/members", summary="The project's members and their roles", list_of=shapes.Member)
 async def list_members(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
     await require_role(request, project_id, "reader")

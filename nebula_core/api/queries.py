@@ -12,10 +12,10 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from nebula_core.api import shapes
 from nebula_core.api.auth import Principal
+from nebula_core.contract import http as shapes
+from nebula_core.contract.errors import Invalid
 from nebula_core.contract.types import InstanceState, Quotas
-from nebula_core.errors import Invalid
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -95,9 +95,15 @@ def tag_filters(where: Where, query: Any, alias: str) -> None:
 
 def project_shape(row: asyncpg.Record, usage: shapes.Usage | None = None) -> shapes.Project:
     return shapes.Project(
-        id=row["id"], name=row["name"], description=row["description"], tags=json.loads(row["tags"]),
-        quotas=msgspec.json.decode(row["quotas"], type=Quotas), usage=usage or shapes.Usage(),
-        created_at=row["created_at"], updated_at=row["updated_at"], version=row["version"],
+        id=row["id"],
+        name=row["name"],
+        description=row["description"],
+        tags=json.loads(row["tags"]),
+        quotas=msgspec.json.decode(row["quotas"], type=Quotas),
+        usage=usage or shapes.Usage(),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        version=row["version"],
     )
 
 
@@ -133,11 +139,23 @@ async def projects(pool: asyncpg.Pool, who: Principal, query: Any) -> shapes.Pag
 
 def instance_shape(row: asyncpg.Record) -> shapes.Instance:
     return shapes.Instance(
-        id=row["id"], project_id=row["project_id"], name=row["name"], description=row["description"],
-        tags=json.loads(row["tags"]), region=row["region"], vcpus=row["vcpus"], ram_mb=row["ram_mb"],
-        disk_gb=row["disk_gb"], image=row["image_id"], state=row["state"], node_id=row["node_id"],
-        error=row["error"], created_at=row["created_at"], updated_at=row["updated_at"],
-        booted_at=row["booted_at"], version=row["version"],
+        id=row["id"],
+        project_id=row["project_id"],
+        name=row["name"],
+        description=row["description"],
+        tags=json.loads(row["tags"]),
+        region=row["region"],
+        vcpus=row["vcpus"],
+        ram_mb=row["ram_mb"],
+        disk_gb=row["disk_gb"],
+        image=row["image_id"],
+        state=row["state"],
+        node_id=row["node_id"],
+        error=row["error"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        booted_at=row["booted_at"],
+        version=row["version"],
     )
 
 
@@ -179,8 +197,14 @@ async def instances(pool: asyncpg.Pool, who: Principal, query: Any) -> shapes.Pa
 
 def image_shape(row: asyncpg.Record) -> shapes.Image:
     return shapes.Image(
-        id=row["id"], name=row["name"], format=row["format"], source=row["source"], sha256=row["sha256"],
-        size=row["size"], min_disk_gb=row["min_disk_gb"], created_at=row["created_at"],
+        id=row["id"],
+        name=row["name"],
+        format=row["format"],
+        source=row["source"],
+        sha256=row["sha256"],
+        size=row["size"],
+        min_disk_gb=row["min_disk_gb"],
+        created_at=row["created_at"],
     )
 
 

@@ -7,9 +7,10 @@ import asyncio
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from nebula_core.api import keys, shapes
+from nebula_core.api import keys
 from nebula_core.api.routing import Operations, respond
-from nebula_core.projector import checkpoint
+from nebula_core.contract import http as shapes
+from nebula_core.projections.checkpoint import checkpoint
 
 ops = Operations()
 OPENAPI = web.AppKey("openapi", dict)
@@ -20,17 +21,20 @@ async def healthz(request: web.Request) -> web.Response:
     try:  # a round trip to the server, not the client's belief that it is connected
         await asyncio.wait_for(request.app[keys.NATS_CLIENT].flush(), 2.0)
         nats_ok = True
-    except Exception:  # noqa: BLE001 — any failure means unhealthy
+    except Exception:
         nats_ok = False
     try:
         await asyncio.wait_for(request.app[keys.POOL].fetchval("SELECT 1"), 2.0)
         pg_ok = True
-    except Exception:  # noqa: BLE001 — any failure means unhealthy
+    except Exception:
         pg_ok = False
     healthy = nats_ok and pg_ok
     return respond(
-        shapes.Health(status="ok" if healthy else "degraded", nats="ok" if nats_ok else "unreachable",
-                      postgres="ok" if pg_ok else "unreachable"),
+        shapes.Health(
+            status="ok" if healthy else "degraded",
+            nats="ok" if nats_ok else "unreachable",
+            postgres="ok" if pg_ok else "unreachable",
+        ),
         200 if healthy else 503,
     )
 
@@ -43,7 +47,7 @@ async def metrics(request: web.Request) -> web.Response:
         done = await checkpoint(request.app[keys.POOL])
         registry.stream_head.set(head)
         registry.projection_lag.set(max(0, head - done))
-    except Exception:  # noqa: BLE001 — metrics must still answer when a backend is down
+    except Exception:
         pass
     return web.Response(body=generate_latest(registry.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
 

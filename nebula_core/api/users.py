@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from nebula_core.api import keys, queries, shapes
+from nebula_core.api import keys, queries
 from nebula_core.api.auth import hash_token, new_token, principal, require_admin
 from nebula_core.api.idempotency import new_id
 from nebula_core.api.routing import Operations, body, respond
+from nebula_core.contract import http as shapes
+from nebula_core.contract.errors import Conflict
 from nebula_core.domain import User, create_with_id
-from nebula_core.errors import Conflict
 
 ops = Operations()
 
@@ -18,8 +19,14 @@ def _user_from_aggregate(user: User, token: str | None = None) -> shapes.User:
     return shapes.User(id=user.id, name=user.name, is_admin=user.is_admin, created_at=user.created_on, token=token)
 
 
-@ops("POST", "/v1/users", summary="Create a user and its API token (cloud admins); the token is shown once",
-     body=shapes.UserCreate, response=shapes.User, status=201)
+@ops(
+    "POST",
+    "/v1/users",
+    summary="Create a user and its API token (cloud admins); the token is shown once",
+    body=shapes.UserCreate,
+    response=shapes.User,
+    status=201,
+)
 async def create_user(request: web.Request) -> web.Response:
     who = require_admin(request)
     spec = await body(request, shapes.UserCreate)
@@ -27,8 +34,9 @@ async def create_user(request: web.Request) -> web.Response:
     if await pool.fetchval("SELECT true FROM users WHERE name = $1", spec.name):
         raise Conflict(f"a user named {spec.name!r} exists")
     token = new_token()
-    user = create_with_id(User, new_id(request, "user"), name=spec.name, token_hash=hash_token(token),
-                          is_admin=spec.is_admin)
+    user = create_with_id(
+        User, new_id(request, "user"), name=spec.name, token_hash=hash_token(token), is_admin=spec.is_admin
+    )
     writer = request.app[keys.WRITER]
     # The answer is the aggregate's, projected or not. The wait lets what reads the users
     # table see the user at once when the projector keeps up; when it does not, the token
@@ -37,8 +45,13 @@ async def create_user(request: web.Request) -> web.Response:
     return respond(_user_from_aggregate(user, token=token), 201)
 
 
-@ops("GET", "/v1/users", summary="Every user (cloud admins)", list_of=shapes.User,
-     query={"limit": "1-500", "cursor": "from `next`"})
+@ops(
+    "GET",
+    "/v1/users",
+    summary="Every user (cloud admins)",
+    list_of=shapes.User,
+    query={"limit": "1-500", "cursor": "from `next`"},
+)
 async def list_users(request: web.Request) -> web.Response:
     require_admin(request)
     where = queries.Where()

@@ -14,10 +14,10 @@ from nats.js import JetStreamContext
 
 from nebula_core.contract import subjects
 from nebula_core.contract.commands import Command
-from nebula_core.errors import ConcurrencyConflict
+from nebula_core.contract.errors import ConcurrencyConflict
 from nebula_core.eventstore import EventStore
 from nebula_core.messaging import publish_command
-from nebula_core.projector import checkpoint
+from nebula_core.projections.checkpoint import checkpoint
 
 A = TypeVar("A", bound=Aggregate)
 

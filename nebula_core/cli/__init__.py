@@ -1,27 +1,17 @@
-"""`nebula`: the one command of the distribution — operators' subcommands and users' CLI."""
+"""The users' `nebula` commands: the one HTTP client of the API (projects, users, images,
+instances, nodes, events). The operators' commands are added by `nebula_core.main`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import typer
 
-from nebula_core.cli import admin, events, images, instances, nodes, projects, roles, users
-
-app = typer.Typer(
-    name="nebula",
-    help="Nebula: a private IaaS cloud on NATS JetStream, Postgres and libvirt.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-admin.register(app)
-roles.register(app)
-for using_the_cloud in (projects, users, images, instances, nodes, events):
-    using_the_cloud.register(app)
+from nebula_core.cli import events, images, instances, nodes, projects, users
 
 
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()
+def register(app: typer.Typer, *, node_agent: Callable[[], None] | None = None) -> None:
+    """Add the users' command groups to `app`; `node_agent` is what `nebula node` alone runs."""
+    for using_the_cloud in (projects, users, images, instances, events):
+        using_the_cloud.register(app)
+    nodes.register(app, node_agent=node_agent)

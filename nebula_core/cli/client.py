@@ -13,7 +13,7 @@ Where the API is and which token to use, first found wins:
 The config file is read only when the command line and the environment leave something
 open, so a broken file never stands in the way of `--url … --token …`.
 
-Responses are decoded into the API's own msgspec types (`nebula_core.api.shapes`), so the
+Responses are decoded into the API's own msgspec types (`nebula_core.contract.http`), so the
 server and the CLI share one definition of every shape.
 """
 
@@ -31,7 +31,7 @@ import aiohttp
 import msgspec
 
 from nebula_core import config
-from nebula_core.api.shapes import EventRecord, Page
+from nebula_core.contract.http import EventRecord, Page
 
 T = TypeVar("T")
 
@@ -142,7 +142,7 @@ def resolve(url: str | None, token: str | None, environ: Mapping[str, str] | Non
         if found:
             return Target(chosen_url, found, str(candidate))
     hint = f" ({', '.join(unreadable)} exists but you may not read it)" if unreadable else ""
-    raise ConfigError(f"no API token: pass --token, set NEBULA_TOKEN, or put token = \"…\" in {path}{hint}")
+    raise ConfigError(f'no API token: pass --token, set NEBULA_TOKEN, or put token = "…" in {path}{hint}')
 
 
 # --- the calls -------------------------------------------------------------------------
@@ -182,15 +182,17 @@ class Api:
         assert self._session is not None, "use Api as an async context manager"
         return self._session
 
-    async def call(self, method: str, path: str, *, body: Any = None, params: Any = None,
-                   headers: dict[str, str] | None = None) -> bytes:
+    async def call(
+        self, method: str, path: str, *, body: Any = None, params: Any = None, headers: dict[str, str] | None = None
+    ) -> bytes:
         """The raw answer to one request; `ApiError` for a 4xx/5xx, `Unreachable` for no answer."""
         data = None if body is None else msgspec.json.encode(body)
         extra = {"Content-Type": "application/json", **(headers or {})} if data is not None else headers
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT_S):
-                async with self.session.request(method, self.target.url + path, data=data, params=params,
-                                                headers=extra) as response:
+                async with self.session.request(
+                    method, self.target.url + path, data=data, params=params, headers=extra
+                ) as response:
                     raw = await response.read()
                     if response.status >= 400:
                         raise _error_from(response.status, raw, response.reason or "")

@@ -14,10 +14,10 @@ from typing import Annotated
 
 import typer
 
-from nebula_core.api import shapes
 from nebula_core.cli.client import Unreachable
 from nebula_core.cli.output import when
 from nebula_core.cli.session import Cli, command, group
+from nebula_core.contract import http as shapes
 
 app = group("events", "The cloud's event log, live: every change to what your token may see.")
 
@@ -38,14 +38,26 @@ def event_line(record: shapes.EventRecord) -> str:
 @command(app, "tail")
 async def tail(
     cli: Cli,
-    since: Annotated[int | None, typer.Option(
-        help="Start right after this stream sequence (0: from the very first event); default: new events only.",
-        min=0, show_default=False)] = None,
-    count: Annotated[int | None, typer.Option(
-        help="Stop after this many events; default: follow until interrupted.", min=1, show_default=False)] = None,
-    event_type: Annotated[list[str] | None, typer.Option(
-        "--type", help="Only events of this type or kind, e.g. instance or instance.failed (repeatable).",
-        show_default=False)] = None,
+    since: Annotated[
+        int | None,
+        typer.Option(
+            help="Start right after this stream sequence (0: from the very first event); default: new events only.",
+            min=0,
+            show_default=False,
+        ),
+    ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(help="Stop after this many events; default: follow until interrupted.", min=1, show_default=False),
+    ] = None,
+    event_type: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type",
+            help="Only events of this type or kind, e.g. instance or instance.failed (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Follow the event stream live (Ctrl-C to stop); --since resumes from a sequence."""
     types = event_type or []

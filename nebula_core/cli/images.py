@@ -9,9 +9,9 @@ from urllib.parse import urlparse
 
 import typer
 
-from nebula_core.api import shapes
 from nebula_core.cli import refs
 from nebula_core.cli.session import Cli, command, group
+from nebula_core.contract import http as shapes
 from nebula_core.contract.types import ImageFormat
 
 app = group("image", "Images instances boot from: a direct-kernel manifest or a qcow2 cloud image.")
@@ -41,31 +41,48 @@ def print_images(cli: Cli, images: list[shapes.Image]) -> None:
     if cli.out.as_json:
         cli.out.json(images)
         return
-    cli.out.table(["NAME", "ID", "FORMAT", "SIZE", "MIN_DISK_GB", "SHA256", "SOURCE", "CREATED"],
-                  [[i.name, i.id, i.format, i.size, i.min_disk_gb, i.sha256[:12], i.source, i.created_at]
-                   for i in images], empty="No images.")
+    cli.out.table(
+        ["NAME", "ID", "FORMAT", "SIZE", "MIN_DISK_GB", "SHA256", "SOURCE", "CREATED"],
+        [[i.name, i.id, i.format, i.size, i.min_disk_gb, i.sha256[:12], i.source, i.created_at] for i in images],
+        empty="No images.",
+    )
 
 
 def print_image(cli: Cli, image: shapes.Image) -> None:
     if cli.out.as_json:
         cli.out.json(image)
         return
-    cli.out.record([("name", image.name), ("id", image.id), ("format", image.format), ("source", image.source),
-                    ("sha256", image.sha256), ("size", image.size), ("min_disk_gb", image.min_disk_gb),
-                    ("created", image.created_at)])
+    cli.out.record(
+        [
+            ("name", image.name),
+            ("id", image.id),
+            ("format", image.format),
+            ("source", image.source),
+            ("sha256", image.sha256),
+            ("size", image.size),
+            ("min_disk_gb", image.min_disk_gb),
+            ("created", image.created_at),
+        ]
+    )
 
 
 @command(app, "create")
 async def create(
     cli: Cli,
-    name: Annotated[str, typer.Argument(help="The image's name (instances may ask for it by name).",
-                                        show_default=False)],
+    name: Annotated[
+        str, typer.Argument(help="The image's name (instances may ask for it by name).", show_default=False)
+    ],
     image_format: Annotated[ImageFormat, typer.Option("--format", help="How it boots.", show_default=False)],
-    source: Annotated[str, typer.Option(help="Where nodes fetch it: a path, file:// or http(s):// URL.",
-                                        show_default=False)],
-    sha256: Annotated[str | None, typer.Option(
-        help="sha256 of the source's bytes; computed (with --size) when the source is a file on this machine.",
-        show_default=False)] = None,
+    source: Annotated[
+        str, typer.Option(help="Where nodes fetch it: a path, file:// or http(s):// URL.", show_default=False)
+    ],
+    sha256: Annotated[
+        str | None,
+        typer.Option(
+            help="sha256 of the source's bytes; computed (with --size) when the source is a file on this machine.",
+            show_default=False,
+        ),
+    ] = None,
     size: Annotated[int | None, typer.Option(help="Size in bytes (0: unknown).", show_default=False)] = None,
     min_disk: Annotated[int, typer.Option(help="Smallest disk, in GiB, an instance of it may have.")] = 0,
 ) -> None:
@@ -77,11 +94,13 @@ async def create(
         try:
             sha256, measured = digest(path)
         except OSError as err:
-            raise typer.BadParameter(f"cannot read {path} to compute --sha256: {err.strerror}",
-                                     param_hint="--source") from None
+            raise typer.BadParameter(
+                f"cannot read {path} to compute --sha256: {err.strerror}", param_hint="--source"
+            ) from None
         size = measured if size is None else size
-    body = shapes.ImageCreate(name=name, format=image_format, source=source, sha256=sha256, size=size or 0,
-                              min_disk_gb=min_disk)
+    body = shapes.ImageCreate(
+        name=name, format=image_format, source=source, sha256=sha256, size=size or 0, min_disk_gb=min_disk
+    )
     print_image(cli, await cli.api.post("/v1/images", body, shapes.Image))
 
 

@@ -9,30 +9,39 @@ from typing import Annotated
 
 import typer
 
-from nebula_core.api import shapes
 from nebula_core.cli import refs, waiting
 from nebula_core.cli.client import ApiError
 from nebula_core.cli.output import cell, when
 from nebula_core.cli.session import Cli, command, group, parse_tags, tag_query
+from nebula_core.contract import http as shapes
+from nebula_core.contract.limits import USER_DATA_MAX_BYTES
 from nebula_core.contract.types import InstanceState
 
 app = group("instance", "Virtual machines: create, inspect, start, stop, reboot, delete, and their history.")
 
 InstanceArg = Annotated[str, typer.Argument(help="Instance name or id.", show_default=False)]
-ProjectOption = Annotated[
-    str | None, typer.Option("--project", "-p", help="Project name or id.", show_default=False)
+ProjectOption = Annotated[str | None, typer.Option("--project", "-p", help="Project name or id.", show_default=False)]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait", help="Wait for the outcome, showing each state change; fail if the instance ends in error."),
 ]
-WaitOption = Annotated[bool, typer.Option(
-    "--wait", help="Wait for the outcome, showing each state change; fail if the instance ends in error.")]
 TimeoutOption = Annotated[float, typer.Option(help="How many seconds --wait waits at most.", min=0)]
-TagsOption = Annotated[list[str] | None, typer.Option("--tag", help="A tag key=value (repeatable).",
-                                                      show_default=False)]
+TagsOption = Annotated[
+    list[str] | None, typer.Option("--tag", help="A tag key=value (repeatable).", show_default=False)
+]
 
 #: Which command-line option carries each field of the create body (named in 422 answers).
 _OPTION_OF = {
-    "$.project_id": "--project", "$.name": "--name", "$.description": "--description", "$.tags": "--tag",
-    "$.region": "--region", "$.vcpus": "--vcpus", "$.ram_mb": "--ram", "$.disk_gb": "--disk",
-    "$.image": "--image", "$.user_data": "--user-data",
+    "$.project_id": "--project",
+    "$.name": "--name",
+    "$.description": "--description",
+    "$.tags": "--tag",
+    "$.region": "--region",
+    "$.vcpus": "--vcpus",
+    "$.ram_mb": "--ram",
+    "$.disk_gb": "--disk",
+    "$.image": "--image",
+    "$.user_data": "--user-data",
 }
 
 
@@ -54,19 +63,32 @@ async def print_instance(cli: Cli, instance: shapes.Instance) -> None:
         cli.out.json(instance)
         return
     project, image = await _names(cli, instance)
-    cli.out.record([
-        ("name", instance.name), ("id", instance.id), ("state", instance.state), ("error", instance.error),
-        ("project", f"{project} ({instance.project_id})" if project != str(instance.project_id) else project),
-        ("description", instance.description), ("tags", instance.tags), ("region", instance.region),
-        ("vcpus", instance.vcpus), ("ram_mb", instance.ram_mb), ("disk_gb", instance.disk_gb),
-        ("image", f"{image} ({instance.image})" if image != str(instance.image) else image),
-        ("node", instance.node_id), ("created", instance.created_at), ("updated", instance.updated_at),
-        ("booted", instance.booted_at), ("version", instance.version),
-    ])
+    cli.out.record(
+        [
+            ("name", instance.name),
+            ("id", instance.id),
+            ("state", instance.state),
+            ("error", instance.error),
+            ("project", f"{project} ({instance.project_id})" if project != str(instance.project_id) else project),
+            ("description", instance.description),
+            ("tags", instance.tags),
+            ("region", instance.region),
+            ("vcpus", instance.vcpus),
+            ("ram_mb", instance.ram_mb),
+            ("disk_gb", instance.disk_gb),
+            ("image", f"{image} ({instance.image})" if image != str(instance.image) else image),
+            ("node", instance.node_id),
+            ("created", instance.created_at),
+            ("updated", instance.updated_at),
+            ("booted", instance.booted_at),
+            ("version", instance.version),
+        ]
+    )
 
 
-async def finish(cli: Cli, instance: shapes.Instance, operation: str, wait: bool, timeout: float,
-                 target: str | None = None) -> None:
+async def finish(
+    cli: Cli, instance: shapes.Instance, operation: str, wait: bool, timeout: float, target: str | None = None
+) -> None:
     """Print the instance — after following it to the state `operation` leads to (or to
     `target`), with `--wait`."""
     if wait:
@@ -86,9 +108,10 @@ def read_user_data(source: typer.FileText) -> str:
     except UnicodeDecodeError:
         raise typer.BadParameter(f"{source.name} is not UTF-8 text", param_hint="--user-data") from None
     size = len(text.encode())
-    if size > shapes.USER_DATA_MAX_BYTES:
-        raise typer.BadParameter(f"{source.name} is {size} bytes; user-data is at most "
-                                 f"{shapes.USER_DATA_MAX_BYTES} bytes", param_hint="--user-data")
+    if size > USER_DATA_MAX_BYTES:
+        raise typer.BadParameter(
+            f"{source.name} is {size} bytes; user-data is at most {USER_DATA_MAX_BYTES} bytes", param_hint="--user-data"
+        )
     return text
 
 
@@ -101,20 +124,34 @@ async def create(
     ram: Annotated[int, typer.Option(help="Memory in MiB.", show_default=False)],
     disk: Annotated[int, typer.Option(help="Disk in GiB.", show_default=False)],
     image: Annotated[str, typer.Option(help="Image name or id.", show_default=False)],
-    region: Annotated[str | None, typer.Option(help="Region (the API's default: default).",
-                                               show_default=False)] = None,
+    region: Annotated[str | None, typer.Option(help="Region (the API's default: default).", show_default=False)] = None,
     description: Annotated[str, typer.Option(help="What it is for.")] = "",
     tag: TagsOption = None,
-    user_data: Annotated[typer.FileText | None, typer.Option(
-        "--user-data", help="File of cloud-init user-data, '-' for stdin (at most 64 KiB).", encoding="utf-8",
-        show_default=False)] = None,
-    idempotency_key: Annotated[str | None, typer.Option(
-        help="Send this Idempotency-Key: repeating the command with it creates one instance, not two.",
-        show_default=False)] = None,
+    user_data: Annotated[
+        typer.FileText | None,
+        typer.Option(
+            "--user-data",
+            help="File of cloud-init user-data, '-' for stdin (at most 64 KiB).",
+            encoding="utf-8",
+            show_default=False,
+        ),
+    ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Send this Idempotency-Key: repeating the command with it creates one instance, not two.",
+            show_default=False,
+        ),
+    ] = None,
     wait: WaitOption = False,
-    booted: Annotated[bool, typer.Option(
-        "--booted", help="With --wait: wait on until the guest phones home (nebula-tiny does; so does a "
-                         "cloud-init image told to phone home), so its console has its first boot.")] = False,
+    booted: Annotated[
+        bool,
+        typer.Option(
+            "--booted",
+            help="With --wait: wait on until the guest phones home (nebula-tiny does; so does a "
+            "cloud-init image told to phone home), so its console has its first boot.",
+        ),
+    ] = False,
     timeout: TimeoutOption = waiting.DEFAULT_TIMEOUT_S,
 ) -> None:
     """Create an instance; it is placed and booted asynchronously (--wait follows it to running)."""
@@ -123,9 +160,18 @@ async def create(
     tags = parse_tags(tag)
     text = read_user_data(user_data) if user_data is not None else ""
     project_id = await refs.project_id(cli.api, project)
-    body = shapes.InstanceCreate(project_id=project_id, name=name, description=description, tags=tags,
-                                 vcpus=vcpus, ram_mb=ram, disk_gb=disk, image=image, user_data=text,
-                                 **({"region": region} if region is not None else {}))
+    body = shapes.InstanceCreate(
+        project_id=project_id,
+        name=name,
+        description=description,
+        tags=tags,
+        vcpus=vcpus,
+        ram_mb=ram,
+        disk_gb=disk,
+        image=image,
+        user_data=text,
+        **({"region": region} if region is not None else {}),
+    )
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
     try:
         instance = await cli.api.post("/v1/instances", body, shapes.Instance, headers=headers)
@@ -139,10 +185,13 @@ async def create(
 async def list_(
     cli: Cli,
     project: ProjectOption = None,
-    state: Annotated[InstanceState | None, typer.Option(
-        help="Only in this state (deleted ones are listed only when asked for).", show_default=False)] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Only with this tag: key or key=value (repeatable).",
-                                                  show_default=False)] = None,
+    state: Annotated[
+        InstanceState | None,
+        typer.Option(help="Only in this state (deleted ones are listed only when asked for).", show_default=False),
+    ] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="Only with this tag: key or key=value (repeatable).", show_default=False)
+    ] = None,
     region: Annotated[str | None, typer.Option(help="Only in this region.", show_default=False)] = None,
 ) -> None:
     """The instances you may see (every page of them)."""
@@ -160,9 +209,21 @@ async def list_(
     projects = {p.id: p.name for p in await cli.api.all("/v1/projects", shapes.Project)} if found else {}
     cli.out.table(
         ["NAME", "ID", "STATE", "PROJECT", "REGION", "VCPUS", "RAM_MB", "DISK_GB", "NODE", "CREATED"],
-        [[i.name, i.id, f"error: {i.error}" if i.state == "error" and i.error else i.state,
-          projects.get(i.project_id, i.project_id), i.region, i.vcpus, i.ram_mb, i.disk_gb, i.node_id, i.created_at]
-         for i in found],
+        [
+            [
+                i.name,
+                i.id,
+                f"error: {i.error}" if i.state == "error" and i.error else i.state,
+                projects.get(i.project_id, i.project_id),
+                i.region,
+                i.vcpus,
+                i.ram_mb,
+                i.disk_gb,
+                i.node_id,
+                i.created_at,
+            ]
+            for i in found
+        ],
         empty="No instances.",
     )
 
@@ -172,9 +233,13 @@ async def show(
     cli: Cli,
     instance: InstanceArg,
     project: ProjectOption = None,
-    at: Annotated[str | None, typer.Option(
-        help="Show it as it was at this time (RFC 3339, e.g. 2026-11-25T10:00:00Z), from its events.",
-        show_default=False)] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="Show it as it was at this time (RFC 3339, e.g. 2026-11-25T10:00:00Z), from its events.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """One instance, as it is now — or as it was at a past time (--at)."""
     instance_id = await _instance_id(cli, instance, project)
@@ -206,8 +271,13 @@ async def _act(cli: Cli, instance: str, project: str | None, action: str, wait: 
 
 
 def _action(name: str, summary: str) -> None:
-    async def act(cli: Cli, instance: InstanceArg, project: ProjectOption = None, wait: WaitOption = False,
-                  timeout: TimeoutOption = waiting.DEFAULT_TIMEOUT_S) -> None:
+    async def act(
+        cli: Cli,
+        instance: InstanceArg,
+        project: ProjectOption = None,
+        wait: WaitOption = False,
+        timeout: TimeoutOption = waiting.DEFAULT_TIMEOUT_S,
+    ) -> None:
         await _act(cli, instance, project, name, wait, timeout)
 
     act.__name__ = name
@@ -257,9 +327,11 @@ async def events(cli: Cli, instance: InstanceArg, project: ProjectOption = None)
     if cli.out.as_json:
         cli.out.json(history)
         return
-    cli.out.table(["SEQ", "AT", "TYPE", "ACTOR", "DETAILS"],
-                  [[e.seq, when(e.at, precise=True), e.type, e.actor, cell(e.data)] for e in history],
-                  empty="No events.")
+    cli.out.table(
+        ["SEQ", "AT", "TYPE", "ACTOR", "DETAILS"],
+        [[e.seq, when(e.at, precise=True), e.type, e.actor, cell(e.data)] for e in history],
+        empty="No events.",
+    )
 
 
 def register(root: typer.Typer) -> None:

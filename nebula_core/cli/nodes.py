@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
 
-from nebula_core.api import shapes
 from nebula_core.cli.session import Cli, command, group
+from nebula_core.contract import http as shapes
 
 app = group(
     "node",
@@ -18,12 +19,17 @@ app = group(
 )
 
 
+#: What `nebula node` alone runs: the compute-node agent, given by the program that
+#: assembles the command line (the CLI itself runs no service).
+_run_alone: list[Callable[[], None]] = []
+
+
 @app.callback()
 def agent(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is None:
-        from nebula_core.cli.roles import node_agent
+        for run in _run_alone:
+            run()
 
-        node_agent()
 
 #: (column, capacity/allocation key, overcommit key) for each resource.
 _RESOURCES = (("VCPUS", "vcpus", "cpu"), ("RAM_MB", "ram_mb", "ram"), ("DISK_GB", "disk_gb", "disk"))
@@ -55,11 +61,23 @@ async def list_(
         return
     cli.out.table(
         ["ID", "REGION", "STATUS", *(column for column, _, _ in _RESOURCES), "INSTANCES", "AGENT", "HEARTBEAT"],
-        [[n.id, n.region, status(n), *(claimed(n, r, k) for _, r, k in _RESOURCES), n.instances,
-          n.agent_version, n.last_heartbeat] for n in nodes],
+        [
+            [
+                n.id,
+                n.region,
+                status(n),
+                *(claimed(n, r, k) for _, r, k in _RESOURCES),
+                n.instances,
+                n.agent_version,
+                n.last_heartbeat,
+            ]
+            for n in nodes
+        ],
         empty="No nodes.",
     )
 
 
-def register(root: typer.Typer) -> None:
+def register(root: typer.Typer, *, node_agent: Callable[[], None] | None = None) -> None:
+    if node_agent is not None:
+        _run_alone[:] = [node_agent]
     root.add_typer(app, rich_help_panel="Using the cloud")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -33,7 +33,7 @@ def when(value: datetime | None, precise: bool = False) -> str:
     """A time as RFC 3339 in UTC — the form `--at` accepts; `precise` keeps the microseconds."""
     if value is None:
         return "-"
-    value = value.astimezone(timezone.utc)
+    value = value.astimezone(UTC)
     if not precise:
         value = value.replace(microsecond=0)
     return value.isoformat().replace("+00:00", "Z")

@@ -7,16 +7,15 @@ from typing import Annotated
 import msgspec
 import typer
 
-from nebula_core.api import shapes
 from nebula_core.cli import refs
 from nebula_core.cli.session import Cli, command, group, parse_tags, tag_query
+from nebula_core.contract import http as shapes
 from nebula_core.contract.types import Quotas, Role
 
 app = group("project", "Projects: the people in them, what they may hold, and what they hold now.")
 
 ProjectArg = Annotated[str, typer.Argument(help="Project name or id.", show_default=False)]
-UserArg = Annotated[str, typer.Argument(help="User name or id (names need a cloud admin's token).",
-                                        show_default=False)]
+UserArg = Annotated[str, typer.Argument(help="User name or id (names need a cloud admin's token).", show_default=False)]
 _QUOTAS = "Quotas (each defaults to the API's default)"
 Quota = Annotated[int | None, typer.Option(rich_help_panel=_QUOTAS, show_default=False)]
 
@@ -27,8 +26,16 @@ def _usage(used: int, limit: int) -> str:
 
 def project_rows(projects: list[shapes.Project]) -> list[list[object]]:
     return [
-        [p.name, p.id, _usage(p.usage.instances, p.quotas.instances), _usage(p.usage.vcpus, p.quotas.vcpus),
-         _usage(p.usage.ram_mb, p.quotas.ram_mb), _usage(p.usage.disk_gb, p.quotas.disk_gb), p.tags, p.created_at]
+        [
+            p.name,
+            p.id,
+            _usage(p.usage.instances, p.quotas.instances),
+            _usage(p.usage.vcpus, p.quotas.vcpus),
+            _usage(p.usage.ram_mb, p.quotas.ram_mb),
+            _usage(p.usage.disk_gb, p.quotas.disk_gb),
+            p.tags,
+            p.created_at,
+        ]
         for p in projects
     ]
 
@@ -38,12 +45,21 @@ def print_project(cli: Cli, project: shapes.Project) -> None:
         cli.out.json(project)
         return
     used, limit = project.usage, project.quotas
-    cli.out.record([
-        ("name", project.name), ("id", project.id), ("description", project.description), ("tags", project.tags),
-        ("instances", f"{used.instances} of {limit.instances}"), ("vcpus", f"{used.vcpus} of {limit.vcpus}"),
-        ("ram_mb", f"{used.ram_mb} of {limit.ram_mb}"), ("disk_gb", f"{used.disk_gb} of {limit.disk_gb}"),
-        ("created", project.created_at), ("updated", project.updated_at), ("version", project.version),
-    ])
+    cli.out.record(
+        [
+            ("name", project.name),
+            ("id", project.id),
+            ("description", project.description),
+            ("tags", project.tags),
+            ("instances", f"{used.instances} of {limit.instances}"),
+            ("vcpus", f"{used.vcpus} of {limit.vcpus}"),
+            ("ram_mb", f"{used.ram_mb} of {limit.ram_mb}"),
+            ("disk_gb", f"{used.disk_gb} of {limit.disk_gb}"),
+            ("created", project.created_at),
+            ("updated", project.updated_at),
+            ("version", project.version),
+        ]
+    )
 
 
 @command(app, "create")
@@ -59,24 +75,33 @@ async def create(
 ) -> None:
     """Create a project (cloud admins)."""
     limits = {"instances": max_instances, "vcpus": max_vcpus, "ram_mb": max_ram, "disk_gb": max_disk}
-    body = shapes.ProjectCreate(name=name, description=description, tags=parse_tags(tag),
-                                quotas=Quotas(**{k: v for k, v in limits.items() if v is not None}))
+    body = shapes.ProjectCreate(
+        name=name,
+        description=description,
+        tags=parse_tags(tag),
+        quotas=Quotas(**{k: v for k, v in limits.items() if v is not None}),
+    )
     print_project(cli, await cli.api.post("/v1/projects", body, shapes.Project))
 
 
 @command(app, "list")
 async def list_(
     cli: Cli,
-    tag: Annotated[list[str] | None, typer.Option(help="Only those with this tag: key or key=value (repeatable).",
-                                                  show_default=False)] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(help="Only those with this tag: key or key=value (repeatable).", show_default=False),
+    ] = None,
 ) -> None:
     """The projects you are a member of (all of them, for cloud admins), with usage/quota."""
     projects = await cli.api.all("/v1/projects", shapes.Project, tag_query(tag))
     if cli.out.as_json:
         cli.out.json(projects)
         return
-    cli.out.table(["NAME", "ID", "INSTANCES", "VCPUS", "RAM_MB", "DISK_GB", "TAGS", "CREATED"],
-                  project_rows(projects), empty="No projects.")
+    cli.out.table(
+        ["NAME", "ID", "INSTANCES", "VCPUS", "RAM_MB", "DISK_GB", "TAGS", "CREATED"],
+        project_rows(projects),
+        empty="No projects.",
+    )
 
 
 @command(app, "show")
@@ -92,8 +117,9 @@ async def update(
     project: ProjectArg,
     name: Annotated[str | None, typer.Option(help="A new name.", show_default=False)] = None,
     description: Annotated[str | None, typer.Option(help="A new description.", show_default=False)] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="The tags, all of them: key=value (repeatable).",
-                                                  show_default=False)] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="The tags, all of them: key=value (repeatable).", show_default=False)
+    ] = None,
     clear_tags: Annotated[bool, typer.Option("--clear-tags", help="Remove every tag.")] = False,
     max_instances: Quota = None,
     max_vcpus: Quota = None,
@@ -109,12 +135,17 @@ async def update(
     limits = {"instances": max_instances, "vcpus": max_vcpus, "ram_mb": max_ram, "disk_gb": max_disk}
     wanted = {k: v for k, v in limits.items() if v is not None}
     body = shapes.ProjectPatch(
-        name=name, description=description,
+        name=name,
+        description=description,
         tags={} if clear_tags else (parse_tags(tag) if tag else None),
         quotas=msgspec.structs.replace(current.quotas, **wanted) if wanted else None,
     )
-    print_project(cli, await cli.api.patch(f"/v1/projects/{project_id}", body, shapes.Project,
-                                           headers={"If-Match": f'"{current.version}"'}))
+    print_project(
+        cli,
+        await cli.api.patch(
+            f"/v1/projects/{project_id}", body, shapes.Project, headers={"If-Match": f'"{current.version}"'}
+        ),
+    )
 
 
 @command(app, "delete")

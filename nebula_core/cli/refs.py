@@ -10,9 +10,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Protocol
 
-from nebula_core.api import shapes
 from nebula_core.cli.client import Api, ApiError
 from nebula_core.cli.session import Failed
+from nebula_core.contract import http as shapes
 
 
 class _Named(Protocol):

@@ -44,13 +44,21 @@ _CONNECTION = "Connection"
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON (for scripts) instead of tables.")]
 UrlOption = Annotated[
     str | None,
-    typer.Option("--url", help="The API, e.g. http://127.0.0.1:8774 (else NEBULA_URL, the config file).",
-                 rich_help_panel=_CONNECTION, show_default=False),
+    typer.Option(
+        "--url",
+        help="The API, e.g. http://127.0.0.1:8774 (else NEBULA_URL, the config file).",
+        rich_help_panel=_CONNECTION,
+        show_default=False,
+    ),
 ]
 TokenOption = Annotated[
     str | None,
-    typer.Option("--token", help="API token (else NEBULA_TOKEN, the config file, nebula up's admin-token).",
-                 rich_help_panel=_CONNECTION, show_default=False),
+    typer.Option(
+        "--token",
+        help="API token (else NEBULA_TOKEN, the config file, nebula up's admin-token).",
+        rich_help_panel=_CONNECTION,
+        show_default=False,
+    ),
 ]
 
 
@@ -102,7 +110,7 @@ def execute(body: Callable[[Cli], Awaitable[None]], *, as_json: bool, url: str |
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except (typer.TyperException, typer.Exit, typer.Abort):
         raise  # usage errors and exits: typer reports them itself
-    except Exception as err:  # noqa: BLE001 — the promise is one line, never a traceback
+    except Exception as err:
         if os.environ.get("NEBULA_DEBUG"):
             raise
         raise fail(f"unexpected {type(err).__name__}: {err} (NEBULA_DEBUG=1 shows the traceback)") from None
@@ -130,11 +138,18 @@ def command(group: typer.Typer, name: str, **options: Any) -> Callable[[Callable
     return register
 
 
-def group(name: str, help: str, *, runs_alone: bool = False) -> typer.Typer:  # noqa: A002 — typer's own word
+def group(name: str, help: str, *, runs_alone: bool = False) -> typer.Typer:
     """A command group (`nebula <name> …`) whose help ends with the exit statuses.
     `runs_alone`: the group's callback does something of its own without a subcommand."""
-    return typer.Typer(name=name, help=help, epilog=EXIT_CODES_HELP, no_args_is_help=not runs_alone,
-                       invoke_without_command=runs_alone, add_completion=False, pretty_exceptions_enable=False)
+    return typer.Typer(
+        name=name,
+        help=help,
+        epilog=EXIT_CODES_HELP,
+        no_args_is_help=not runs_alone,
+        invoke_without_command=runs_alone,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
 
 
 # --- shared parameters -------------------------------------------------------------------

@@ -6,8 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from nebula_core.api import shapes
 from nebula_core.cli.session import Cli, command, group
+from nebula_core.contract import http as shapes
 
 app = group("user", "Users and their API tokens (a token is shown once, when its user is created).")
 
@@ -34,8 +34,9 @@ async def list_(cli: Cli) -> None:
     if cli.out.as_json:
         cli.out.json(users)
         return
-    cli.out.table(["NAME", "ID", "ADMIN", "CREATED"], [[u.name, u.id, u.is_admin, u.created_at] for u in users],
-                  empty="No users.")
+    cli.out.table(
+        ["NAME", "ID", "ADMIN", "CREATED"], [[u.name, u.id, u.is_admin, u.created_at] for u in users], empty="No users."
+    )
 
 
 @command(app, "whoami")

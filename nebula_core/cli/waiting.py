@@ -16,8 +16,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from nebula_core.api import shapes
 from nebula_core.cli.session import EXIT_FAILED, EXIT_OK, Cli, Failed
+from nebula_core.contract import http as shapes
 
 #: The state each operation leads to.
 TARGET = {"create": "running", "start": "running", "reboot": "running", "stop": "stopped", "delete": "deleted"}
@@ -68,8 +68,10 @@ def step(before: Seen | None, now: Seen, target: str, timeout: float, what: str)
     if now.state == "deleted":
         return Step(line, Outcome(EXIT_FAILED, f"{what} was deleted while waiting for it to be {target}"))
     if now.elapsed >= timeout:
-        return Step(line, Outcome(EXIT_FAILED, f"timed out after {timeout:g}s waiting for {what} to be "
-                                               f"{target}; it is {now.state}"))
+        return Step(
+            line,
+            Outcome(EXIT_FAILED, f"timed out after {timeout:g}s waiting for {what} to be {target}; it is {now.state}"),
+        )
     return Step(line, None)
 
 

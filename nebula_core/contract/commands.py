@@ -58,9 +58,7 @@ class ReportDomain(Command, frozen=True, tag="report"):
     reason: str = ""
 
 
-COMMAND_TYPES: dict[str, type[Command]] = {
-    str(t.__struct_config__.tag): t for t in Command.__subclasses__()
-}
+COMMAND_TYPES: dict[str, type[Command]] = {str(t.__struct_config__.tag): t for t in Command.__subclasses__()}
 AnyCommand = Union[tuple(COMMAND_TYPES.values())]  # type: ignore[valid-type]
 
 

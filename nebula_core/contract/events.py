@@ -230,8 +230,6 @@ def _all_event_types() -> tuple[type[Event], ...]:
     return tuple(sorted(Event.__subclasses__(), key=lambda t: _tag(t)))
 
 
-
-
 EVENT_TYPES: dict[str, type[Event]] = {_tag(t): t for t in _all_event_types()}
 AnyEvent = Union[tuple(EVENT_TYPES.values())]  # type: ignore[valid-type]
 
@@ -255,3 +253,14 @@ def encode_event(event: Event) -> bytes:
 
 def decode_event(data: bytes) -> Event:
     return _decoder.decode(data)  # type: ignore[no-any-return]
+
+
+class _Tag(msgspec.Struct):
+    type: str
+
+
+def decode_known(data: bytes) -> Event | None:
+    """The event, or None for a type this version does not know (written by a newer one)."""
+    if msgspec.json.decode(data, type=_Tag).type not in EVENT_TYPES:
+        return None
+    return decode_event(data)

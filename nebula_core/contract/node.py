@@ -12,6 +12,7 @@ from typing import Literal
 
 import msgspec
 
+from nebula_core.contract.limits import CONSOLE_DEFAULT_BYTES
 from nebula_core.contract.types import ImageFormat
 
 DomainState = Literal["running", "paused", "shutoff", "crashed", "missing", "other"]
@@ -62,7 +63,7 @@ class StopRequest(msgspec.Struct, frozen=True, kw_only=True):
 
 class ConsoleRequest(msgspec.Struct, frozen=True, kw_only=True):
     instance_id: uuid.UUID
-    max_bytes: int = 65536
+    max_bytes: int = CONSOLE_DEFAULT_BYTES
 
 
 class DomainStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -77,7 +78,7 @@ class ConsoleOutput(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
-    """A typed error: `code` is stable (see nebula_core.errors), `message` is for people."""
+    """A typed error: `code` is stable (see nebula_core.contract.errors), `message` is for people."""
 
     code: str
     message: str

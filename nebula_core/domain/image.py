@@ -7,8 +7,8 @@ from typing import ClassVar
 
 from eventsourcing.domain import Aggregate, event
 
+from nebula_core.contract.errors import IllegalTransition
 from nebula_core.contract.types import ImageFormat
-from nebula_core.errors import IllegalTransition
 
 
 class Image(Aggregate):

@@ -19,10 +19,12 @@ from typing import ClassVar
 
 from eventsourcing.domain import Aggregate, event
 
+from nebula_core.contract.errors import IllegalTransition
 from nebula_core.contract.types import InstanceState, Resources
-from nebula_core.errors import IllegalTransition
 
-LIVE = frozenset({"pending", "scheduled", "running", "stopping", "stopped", "starting", "rebooting", "error", "unknown"})
+LIVE = frozenset(
+    {"pending", "scheduled", "running", "stopping", "stopped", "starting", "rebooting", "error", "unknown"}
+)
 #: States in which the instance has (or may have) a domain on a node.
 PLACED = frozenset({"scheduled", "running", "stopping", "stopped", "starting", "rebooting"})
 #: States in which work is under way; the reconciler re-drives an instance stuck in one.
@@ -76,10 +78,15 @@ class Instance(Aggregate):
 
     # --- user requests -----------------------------------------------------------------
 
-    def update(self, *, name: str | None = None, description: str | None = None, tags: dict[str, str] | None = None) -> None:
+    def update(
+        self, *, name: str | None = None, description: str | None = None, tags: dict[str, str] | None = None
+    ) -> None:
         self._require("update", *LIVE)
-        new = (self.name if name is None else name, self.description if description is None else description,
-               self.tags if tags is None else dict(tags))
+        new = (
+            self.name if name is None else name,
+            self.description if description is None else description,
+            self.tags if tags is None else dict(tags),
+        )
         if new != (self.name, self.description, self.tags):
             self._updated(*new)
 

@@ -13,8 +13,8 @@ from typing import ClassVar
 
 from eventsourcing.domain import Aggregate, event
 
+from nebula_core.contract.errors import InsufficientCapacity
 from nebula_core.contract.types import Overcommit, Resources
-from nebula_core.errors import InsufficientCapacity
 
 #: Node aggregates are keyed by a UUID derived from the operator-chosen node id.
 NODE_NAMESPACE = uuid.UUID("3c1f4d1e-9a7b-5c2d-8e6f-0a1b2c3d4e5f")
@@ -61,9 +61,7 @@ class Node(Aggregate):
         return node_uuid(name)
 
     @event("Registered")
-    def __init__(
-        self, name: str, region: str, capacity: Resources, overcommit: Overcommit, agent_version: str
-    ) -> None:
+    def __init__(self, name: str, region: str, capacity: Resources, overcommit: Overcommit, agent_version: str) -> None:
         self.name = name
         self.region = region
         self.capacity = capacity
@@ -72,12 +70,13 @@ class Node(Aggregate):
         self.claims: dict[uuid.UUID, Resources] = {}
         self.down = False
 
-    def reregister(
-        self, *, region: str, capacity: Resources, overcommit: Overcommit, agent_version: str
-    ) -> None:
+    def reregister(self, *, region: str, capacity: Resources, overcommit: Overcommit, agent_version: str) -> None:
         """An agent (re)starting says what it is; records an event only when something changed."""
         if (region, capacity, overcommit, agent_version) != (
-            self.region, self.capacity, self.overcommit, self.agent_version
+            self.region,
+            self.capacity,
+            self.overcommit,
+            self.agent_version,
         ):
             self._reregistered(region, capacity, overcommit, agent_version)
 

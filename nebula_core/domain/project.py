@@ -7,8 +7,8 @@ from typing import ClassVar
 
 from eventsourcing.domain import Aggregate, event
 
+from nebula_core.contract.errors import IllegalTransition, NotFound
 from nebula_core.contract.types import Quotas, Role
-from nebula_core.errors import IllegalTransition, NotFound
 
 
 class Project(Aggregate):

@@ -17,10 +17,10 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
+from nebula_core.contract.errors import ConcurrencyConflict, NotFound
 from nebula_core.contract.kv import Heartbeat
 from nebula_core.domain import Node
 from nebula_core.domain.node import node_uuid, usable
-from nebula_core.errors import ConcurrencyConflict, NotFound
 from nebula_core.eventstore import EventStore
 from nebula_core.orchestrator.placement import Candidate
 

@@ -23,6 +23,14 @@ from nats.js.errors import KeyNotFoundError
 
 from nebula_core.config import Settings
 from nebula_core.contract import commands, subjects
+from nebula_core.contract.errors import (
+    ConcurrencyConflict,
+    IllegalTransition,
+    InsufficientCapacity,
+    NebulaError,
+    NodeUnavailable,
+    NotFound,
+)
 from nebula_core.contract.kv import InstanceSeed
 from nebula_core.contract.node import (
     CreateRequest,
@@ -33,14 +41,6 @@ from nebula_core.contract.node import (
 )
 from nebula_core.domain import Image, Instance
 from nebula_core.domain.instance import PLACED
-from nebula_core.errors import (
-    ConcurrencyConflict,
-    IllegalTransition,
-    InsufficientCapacity,
-    NebulaError,
-    NodeUnavailable,
-    NotFound,
-)
 from nebula_core.eventstore import EventStore
 from nebula_core.orchestrator.fleet import Fleet
 from nebula_core.orchestrator.nodes import NodeClient, NodeError
@@ -62,7 +62,9 @@ def seed_url(meta_url: str, instance_id: uuid.UUID, token: str) -> str:
 
 
 class Lifecycle:
-    def __init__(self, settings: Settings, store: EventStore, js: JetStreamContext, fleet: Fleet, nodes: NodeClient) -> None:
+    def __init__(
+        self, settings: Settings, store: EventStore, js: JetStreamContext, fleet: Fleet, nodes: NodeClient
+    ) -> None:
         self._settings = settings
         self._store = store
         self._js = js
@@ -140,8 +142,11 @@ class Lifecycle:
                 except InsufficientCapacity:
                     continue  # another orchestrator took the room first: next node
                 return await self._schedule(instance.id, candidate.node_id)
-        await self.fail(instance.id, f"could not claim room for {want.vcpus} vCPUs in region {region} "
-                                     f"after {PLACEMENT_ROUNDS} rounds of concurrent placement")
+        await self.fail(
+            instance.id,
+            f"could not claim room for {want.vcpus} vCPUs in region {region} "
+            f"after {PLACEMENT_ROUNDS} rounds of concurrent placement",
+        )
         return None
 
     async def _schedule(self, instance_id: uuid.UUID, node_id: str) -> str | None:
@@ -170,8 +175,9 @@ class Lifecycle:
             try:
                 await self._nodes.call(node_id, "delete", InstanceRequest(instance_id=instance_id))
             except NebulaError as cleanup:
-                log.warning("instance=%s node=%s cleanup after a failed create failed: %s",
-                            instance_id, node_id, cleanup)
+                log.warning(
+                    "instance=%s node=%s cleanup after a failed create failed: %s", instance_id, node_id, cleanup
+                )
             return
         if instance.powered_off:  # rebuilt after an outage, off as its owner had left it
             done: Callable[[Instance], None] = lambda i: i.mark_stopped(f"rebuilt on node {node_id}, off as it was")
@@ -194,14 +200,27 @@ class Lifecycle:
         try:
             entry = await seeds.get(str(instance.id))
         except KeyNotFoundError:
-            raise NotFound(f"the secrets of instance {instance.id} are missing from the {subjects.USERDATA_BUCKET} bucket") from None
+            raise NotFound(
+                f"the secrets of instance {instance.id} are missing from the {subjects.USERDATA_BUCKET} bucket"
+            ) from None
         seed = msgspec.json.decode(entry.value or b"{}", type=InstanceSeed)
         return CreateRequest(
-            instance_id=instance.id, project_id=instance.project_id, name=instance.name,
-            description=instance.description, tags=instance.tags, vcpus=instance.flavor.vcpus,
-            ram_mb=instance.flavor.ram_mb, disk_gb=instance.flavor.disk_gb,
-            image=ImageSpec(id=image.id, name=image.name, format=image.format, source=image.source,
-                            sha256=image.sha256, size=image.size),
+            instance_id=instance.id,
+            project_id=instance.project_id,
+            name=instance.name,
+            description=instance.description,
+            tags=instance.tags,
+            vcpus=instance.flavor.vcpus,
+            ram_mb=instance.flavor.ram_mb,
+            disk_gb=instance.flavor.disk_gb,
+            image=ImageSpec(
+                id=image.id,
+                name=image.name,
+                format=image.format,
+                source=image.source,
+                sha256=image.sha256,
+                size=image.size,
+            ),
             seed=seed_url(self._settings.meta_url, instance.id, seed.metadata_token),
             start=not instance.powered_off,
         )
@@ -210,20 +229,43 @@ class Lifecycle:
 
     async def stop(self, command: commands.StopInstance) -> None:
         grace = command.grace_seconds
-        await self._power(command.instance_id, "stopping", "stop",
-                          StopRequest(instance_id=command.instance_id, grace_seconds=grace),
-                          lambda i: i.mark_stopped(), extra_timeout=grace)
+        await self._power(
+            command.instance_id,
+            "stopping",
+            "stop",
+            StopRequest(instance_id=command.instance_id, grace_seconds=grace),
+            lambda i: i.mark_stopped(),
+            extra_timeout=grace,
+        )
 
     async def start(self, command: commands.StartInstance) -> None:
-        await self._power(command.instance_id, "starting", "start",
-                          InstanceRequest(instance_id=command.instance_id), Instance.mark_started)
+        await self._power(
+            command.instance_id,
+            "starting",
+            "start",
+            InstanceRequest(instance_id=command.instance_id),
+            Instance.mark_started,
+        )
 
     async def reboot(self, command: commands.RebootInstance) -> None:
-        await self._power(command.instance_id, "rebooting", "reboot",
-                          InstanceRequest(instance_id=command.instance_id), Instance.mark_rebooted)
+        await self._power(
+            command.instance_id,
+            "rebooting",
+            "reboot",
+            InstanceRequest(instance_id=command.instance_id),
+            Instance.mark_rebooted,
+        )
 
-    async def _power(self, instance_id: uuid.UUID, expected: str, op: str, request: msgspec.Struct,
-                     done: Callable[[Instance], None], *, extra_timeout: float = 0.0) -> None:
+    async def _power(
+        self,
+        instance_id: uuid.UUID,
+        expected: str,
+        op: str,
+        request: msgspec.Struct,
+        done: Callable[[Instance], None],
+        *,
+        extra_timeout: float = 0.0,
+    ) -> None:
         instance = await self._store.load(Instance, instance_id)
         if instance.state != expected or instance.node_id is None:
             return  # already done, or overtaken by another request
@@ -272,8 +314,9 @@ class Lifecycle:
             if self._fleet.is_live(gone):
                 return  # it came back in the meantime: it reconciles instead
             await self.release(gone, instance.id)
-            await self.change(Instance, instance.id,
-                              lambda i: i.reschedule(f"node {gone} stayed down; rebuilding elsewhere"))
+            await self.change(
+                Instance, instance.id, lambda i: i.reschedule(f"node {gone} stayed down; rebuilding elsewhere")
+            )
             log.info("instance=%s node=%s evacuating", instance.id, gone)
         elif instance.state != "pending":
             return
@@ -310,8 +353,11 @@ def _outcome(instance: Instance, seen: DomainState, node_id: str, reason: str) -
     why = reason or "reported by the node"
     if seen == "running":
         return {
-            "scheduled": Instance.launch, "starting": Instance.mark_started, "unknown": Instance.mark_started,
-            "stopped": Instance.mark_started, "rebooting": Instance.mark_rebooted,
+            "scheduled": Instance.launch,
+            "starting": Instance.mark_started,
+            "unknown": Instance.mark_started,
+            "stopped": Instance.mark_started,
+            "rebooting": Instance.mark_rebooted,
         }.get(state)
     if seen == "shutoff":
         if state in ("running", "stopping", "unknown"):

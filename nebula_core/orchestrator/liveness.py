@@ -13,15 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 
 from nebula_core.contract import commands
+from nebula_core.contract.errors import IllegalTransition, NebulaError, NotFound
 from nebula_core.domain import Instance
 from nebula_core.domain.instance import PLACED
 from nebula_core.messaging import publish_command
-from nebula_core.errors import IllegalTransition, NebulaError, NotFound
 from nebula_core.orchestrator.fleet import Fleet
 from nebula_core.orchestrator.lifecycle import ACTOR, Lifecycle
 
@@ -70,6 +70,7 @@ class Liveness:
         def lose(instance: Instance) -> None:
             if instance.node_id == node_id and instance.state in PLACED:
                 instance.lose(reason)
+
         try:
             await self._lifecycle.change(Instance, instance_id, lose)
         except (NotFound, IllegalTransition):
@@ -86,8 +87,11 @@ class Liveness:
         node = await self._fleet.node(node_id)
         for instance_id in list(node.claims):
             command = commands.EvacuateInstance(
-                command_id=evacuation_id(instance_id, node_id, outage), instance_id=instance_id,
-                requested_at=datetime.now(timezone.utc), actor=ACTOR, from_node_id=node_id,
+                command_id=evacuation_id(instance_id, node_id, outage),
+                instance_id=instance_id,
+                requested_at=datetime.now(UTC),
+                actor=ACTOR,
+                from_node_id=node_id,
             )
             await publish_command(self._js, command)
         log.warning("node=%s stayed down %.0f s: evacuating %d instances", node_id, self._grace, len(node.claims))
@@ -116,7 +120,14 @@ class Liveness:
                 log.warning("instance=%s node=%s status failed: %s", instance_id, node_id, err)
                 continue
             if seen is not None:
-                await self._lifecycle.report(commands.ReportDomain(
-                    command_id=uuid.uuid4(), instance_id=instance_id, requested_at=datetime.now(timezone.utc),
-                    actor=ACTOR, node_id=node_id, state=seen, reason=reason,
-                ))
+                await self._lifecycle.report(
+                    commands.ReportDomain(
+                        command_id=uuid.uuid4(),
+                        instance_id=instance_id,
+                        requested_at=datetime.now(UTC),
+                        actor=ACTOR,
+                        node_id=node_id,
+                        state=seen,
+                        reason=reason,
+                    )
+                )

@@ -15,8 +15,8 @@ import nats.errors
 from nats.aio.client import Client as NATS
 
 from nebula_core.contract import subjects
+from nebula_core.contract.errors import NebulaError, NodeUnavailable
 from nebula_core.contract.node import NodeReply
-from nebula_core.errors import NebulaError, NodeUnavailable
 
 log = logging.getLogger("nebula.orchestrator.nodes")
 
@@ -46,9 +46,10 @@ class NodeClient:
         for attempt in range(1, self._tries + 1):
             try:
                 msg = await self._nc.request(subject, payload, timeout=per_try)
-            except (nats.errors.TimeoutError, nats.errors.NoRespondersError, asyncio.TimeoutError) as err:
-                log.warning("node=%s op=%s attempt=%d/%d no answer: %s", node_id, op, attempt, self._tries,
-                            type(err).__name__)
+            except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as err:
+                log.warning(
+                    "node=%s op=%s attempt=%d/%d no answer: %s", node_id, op, attempt, self._tries, type(err).__name__
+                )
                 if attempt < self._tries and isinstance(err, nats.errors.NoRespondersError):
                     await asyncio.sleep(min(per_try, 1.0 * attempt))
                 continue

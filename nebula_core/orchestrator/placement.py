@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from nebula_core.contract.errors import InsufficientCapacity
 from nebula_core.contract.types import Resources
 from nebula_core.domain.node import shortfall
-from nebula_core.errors import InsufficientCapacity
 
 Strategy = Literal["spread", "pack"]
 

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -51,8 +51,9 @@ def redrive_id(instance_id: uuid.UUID, version: int) -> uuid.UUID:
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, js: JetStreamContext, fleet: Fleet,
-                 liveness: Liveness) -> None:
+    def __init__(
+        self, settings: Settings, pool: asyncpg.Pool, js: JetStreamContext, fleet: Fleet, liveness: Liveness
+    ) -> None:
         self._settings = settings
         self._pool = pool
         self._js = js
@@ -94,12 +95,17 @@ class Reconciler:
         rows = await self._pool.fetch(
             "SELECT id, state, version FROM instances WHERE state = ANY($1::text[])"
             " AND updated_at < now() - make_interval(secs => $2)",
-            list(REDRIVE), self._settings.reconcile_interval,
+            list(REDRIVE),
+            self._settings.reconcile_interval,
         )
         for row in rows:
             cls = REDRIVE[row["state"]]
-            command = cls(command_id=redrive_id(row["id"], row["version"]), instance_id=row["id"],
-                          requested_at=datetime.now(timezone.utc), actor=ACTOR)
+            command = cls(
+                command_id=redrive_id(row["id"], row["version"]),
+                instance_id=row["id"],
+                requested_at=datetime.now(UTC),
+                actor=ACTOR,
+            )
             await publish_command(self._js, command)
             log.info("instance=%s stuck %s: re-driven", row["id"], row["state"])
         return len(rows)

@@ -26,10 +26,10 @@ from nats.js import JetStreamContext
 
 from nebula_core.config import Settings
 from nebula_core.contract import commands, subjects
+from nebula_core.contract.errors import ConcurrencyConflict, NodeUnavailable, NotFound
 from nebula_core.contract.kv import Heartbeat
 from nebula_core.domain import AGGREGATES
 from nebula_core.domain.codec import Codec
-from nebula_core.errors import ConcurrencyConflict, NodeUnavailable, NotFound
 from nebula_core.eventstore import EventStore
 from nebula_core.messaging import make_broker
 from nebula_core.orchestrator.fleet import Fleet
@@ -106,8 +106,12 @@ class Orchestrator:
         if self.pool is not None:
             reconciler = Reconciler(self.settings, self.pool, js, self.fleet, self.liveness)
             self._tasks.append(asyncio.create_task(reconciler.run(), name="reconciler"))
-        log.info("orchestrator started: strategy=%s grace=%.0fs, %d live nodes", self.settings.placement_strategy,
-                 self.settings.evacuation_grace, live)
+        log.info(
+            "orchestrator started: strategy=%s grace=%.0fs, %d live nodes",
+            self.settings.placement_strategy,
+            self.settings.evacuation_grace,
+            live,
+        )
 
     async def _load_heartbeats(self, js: JetStreamContext) -> int:
         """The heartbeats in the bucket now (the watch delivers them again, harmlessly)."""
@@ -146,15 +150,24 @@ class Orchestrator:
             log.warning("command=%s instance=%s dropped: %s", command.command_id, command.instance_id, gone)
         except (NodeUnavailable, ConcurrencyConflict) as transient:
             if deliveries >= MAX_DELIVERIES:
-                log.error("command=%s instance=%s given up after %d deliveries: %s", command.command_id,
-                          command.instance_id, deliveries, transient)
+                log.error(
+                    "command=%s instance=%s given up after %d deliveries: %s",
+                    command.command_id,
+                    command.instance_id,
+                    deliveries,
+                    transient,
+                )
                 return
             log.warning("command=%s instance=%s retrying: %s", command.command_id, command.instance_id, transient)
             raise NackMessage(delay=RETRY_DELAY_S) from transient
         except Exception as unexpected:  # a timeout of NATS or Postgres, or a bug: retried all the same
             if deliveries >= MAX_DELIVERIES:
-                log.exception("command=%s instance=%s given up after %d deliveries", command.command_id,
-                              command.instance_id, deliveries)
+                log.exception(
+                    "command=%s instance=%s given up after %d deliveries",
+                    command.command_id,
+                    command.instance_id,
+                    deliveries,
+                )
                 return
             log.exception("command=%s instance=%s failed; retrying", command.command_id, command.instance_id)
             raise NackMessage(delay=RETRY_DELAY_S) from unexpected

@@ -11,7 +11,16 @@ async def registered(conn: asyncpg.Connection, e: ev.ImageRegistered, seq: int) 
     await conn.execute(
         """INSERT INTO images (id, name, format, source, sha256, size, min_disk_gb, created_at, version, last_seq)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
-        e.id, e.name, e.format, e.source, e.sha256, e.size, e.min_disk_gb, e.at, e.version, seq,
+        e.id,
+        e.name,
+        e.format,
+        e.source,
+        e.sha256,
+        e.size,
+        e.min_disk_gb,
+        e.at,
+        e.version,
+        seq,
     )
 
 

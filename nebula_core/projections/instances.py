@@ -14,9 +14,22 @@ async def created(conn: asyncpg.Connection, e: ev.InstanceCreated, seq: int) -> 
                                   image_id, user_data_size, user_data_sha256, state, created_at, updated_at,
                                   version, last_seq)
            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'pending', $14, $14, $15, $16)""",
-        e.id, e.project_id, e.owner_id, e.name, e.description, msgspec.json.encode(e.tags).decode(), e.region,
-        e.flavor.vcpus, e.flavor.ram_mb, e.flavor.disk_gb, e.image_id, e.user_data_size, e.user_data_sha256,
-        e.at, e.version, seq,
+        e.id,
+        e.project_id,
+        e.owner_id,
+        e.name,
+        e.description,
+        msgspec.json.encode(e.tags).decode(),
+        e.region,
+        e.flavor.vcpus,
+        e.flavor.ram_mb,
+        e.flavor.disk_gb,
+        e.image_id,
+        e.user_data_size,
+        e.user_data_sha256,
+        e.at,
+        e.version,
+        seq,
     )
 
 
@@ -24,7 +37,13 @@ async def updated(conn: asyncpg.Connection, e: ev.InstanceUpdated, seq: int) -> 
     await conn.execute(
         """UPDATE instances SET name = $2, description = $3, tags = $4, updated_at = $5, version = $6, last_seq = $7
            WHERE id = $1""",
-        e.id, e.name, e.description, msgspec.json.encode(e.tags).decode(), e.at, e.version, seq,
+        e.id,
+        e.name,
+        e.description,
+        msgspec.json.encode(e.tags).decode(),
+        e.at,
+        e.version,
+        seq,
     )
 
 
@@ -34,7 +53,11 @@ async def _set(conn: asyncpg.Connection, e: ev.Event, seq: int, **columns: objec
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=5))
     await conn.execute(
         f"UPDATE instances SET updated_at = $2, version = $3, last_seq = $4{', ' if names else ''}{assignments} WHERE id = $1",
-        e.id, e.at, e.version, seq, *columns.values(),
+        e.id,
+        e.at,
+        e.version,
+        seq,
+        *columns.values(),
     )
 
 

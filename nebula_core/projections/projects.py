@@ -12,8 +12,14 @@ async def created(conn: asyncpg.Connection, e: ev.ProjectCreated, seq: int) -> N
     await conn.execute(
         """INSERT INTO projects (id, name, description, tags, quotas, created_at, updated_at, version, last_seq)
            VALUES ($1, $2, $3, $4, $5, $6, $6, $7, $8)""",
-        e.id, e.name, e.description, msgspec.json.encode(e.tags).decode(),
-        msgspec.json.encode(e.quotas).decode(), e.at, e.version, seq,
+        e.id,
+        e.name,
+        e.description,
+        msgspec.json.encode(e.tags).decode(),
+        msgspec.json.encode(e.quotas).decode(),
+        e.at,
+        e.version,
+        seq,
     )
 
 
@@ -21,8 +27,14 @@ async def updated(conn: asyncpg.Connection, e: ev.ProjectUpdated, seq: int) -> N
     await conn.execute(
         """UPDATE projects SET name = $2, description = $3, tags = $4, quotas = $5,
                   updated_at = $6, version = $7, last_seq = $8 WHERE id = $1""",
-        e.id, e.name, e.description, msgspec.json.encode(e.tags).decode(),
-        msgspec.json.encode(e.quotas).decode(), e.at, e.version, seq,
+        e.id,
+        e.name,
+        e.description,
+        msgspec.json.encode(e.tags).decode(),
+        msgspec.json.encode(e.quotas).decode(),
+        e.at,
+        e.version,
+        seq,
     )
 
 
@@ -30,7 +42,10 @@ async def member_set(conn: asyncpg.Connection, e: ev.ProjectMemberSet, seq: int)
     await conn.execute(
         """INSERT INTO memberships (project_id, user_id, role, since) VALUES ($1, $2, $3, $4)
            ON CONFLICT (project_id, user_id) DO UPDATE SET role = EXCLUDED.role""",
-        e.id, e.user_id, e.role, e.at,
+        e.id,
+        e.user_id,
+        e.role,
+        e.at,
     )
     await _touch(conn, e, seq)
 
@@ -44,7 +59,10 @@ async def deleted(conn: asyncpg.Connection, e: ev.ProjectDeleted, seq: int) -> N
     await conn.execute("DELETE FROM memberships WHERE project_id = $1", e.id)
     await conn.execute(
         "UPDATE projects SET deleted = true, updated_at = $2, version = $3, last_seq = $4 WHERE id = $1",
-        e.id, e.at, e.version, seq,
+        e.id,
+        e.at,
+        e.version,
+        seq,
     )
 
 

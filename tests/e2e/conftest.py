@@ -38,7 +38,7 @@ from nebula_core.messaging import make_broker, reply_errors
 from nebula_core.orchestrator.service import Orchestrator
 from nebula_meta.app import make_app as make_meta_app
 from nebula_node.agent import NodeAgent
-from nebula_node.driver import instance_of
+from nebula_node.libvirt.driver import instance_of
 from tests.integration.conftest import Cloud, cloud  # noqa: F401 — the control plane, as a fixture here too
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,10 +171,16 @@ async def meta(cloud: Cloud) -> AsyncIterator[Meta]:  # noqa: F811 — the impor
 async def tiny_image(cloud: Cloud, host: Host) -> dict[str, object]:  # noqa: F811
     """nebula-tiny registered through the API, as `nebula up` does; the image's JSON."""
     data = host.manifest.read_bytes()
-    status, body = await cloud.admin.post("/v1/images", {
-        "name": "nebula-tiny", "format": "direct-kernel", "source": str(host.manifest),
-        "sha256": hashlib.sha256(data).hexdigest(), "size": len(data),
-    })
+    status, body = await cloud.admin.post(
+        "/v1/images",
+        {
+            "name": "nebula-tiny",
+            "format": "direct-kernel",
+            "source": str(host.manifest),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "size": len(data),
+        },
+    )
     assert status == 201, body
     return dict(body)
 
@@ -197,21 +203,36 @@ class Nebula:
 
 
 @pytest.fixture
-async def nebula(cloud: Cloud, meta: Meta, host: Host, virt: libvirt.virConnect,  # noqa: F811
-                 leftovers: Leftovers, tiny_image: dict[str, object]) -> AsyncIterator[Nebula]:
+async def nebula(
+    cloud: Cloud,
+    meta: Meta,
+    host: Host,
+    virt: libvirt.virConnect,  # noqa: F811
+    leftovers: Leftovers,
+    tiny_image: dict[str, object],
+) -> AsyncIterator[Nebula]:
     # The agent reports every UUID-named domain it finds and the orchestrator deletes
     # those it does not know: wait until no one else's (another run's) are left.
     deadline = time.monotonic() + FOREIGN_DOMAINS_WAIT_S
     while (others := foreign_domains(virt)) and time.monotonic() < deadline:
         await asyncio.sleep(1)
     if others:
-        pytest.fail(f"{URI} holds Nebula domains this test did not make: {others}; "
-                    f"a node agent would delete them (remove them with virsh destroy/undefine)", pytrace=False)
+        pytest.fail(
+            f"{URI} holds Nebula domains this test did not make: {others}; "
+            f"a node agent would delete them (remove them with virsh destroy/undefine)",
+            pytrace=False,
+        )
     settings = config.load(
-        {}, nats_url=cloud.settings.nats_url, pg_dsn=cloud.settings.pg_dsn, libvirt_uri=URI,
-        node_id=f"e2e-{uuid.uuid4().hex[:8]}", state_dir=str(host.state_dir), meta_url=meta.guest_url,
+        {},
+        nats_url=cloud.settings.nats_url,
+        pg_dsn=cloud.settings.pg_dsn,
+        libvirt_uri=URI,
+        node_id=f"e2e-{uuid.uuid4().hex[:8]}",
+        state_dir=str(host.state_dir),
+        meta_url=meta.guest_url,
         # Creating a domain and booting it under TCG takes seconds, not milliseconds.
-        node_timeout=60.0, node_retries=2,
+        node_timeout=60.0,
+        node_retries=2,
     )
     async with contextlib.AsyncExitStack() as stack:
         orchestrator = Orchestrator(settings, pool=cloud.pool)

@@ -20,9 +20,13 @@ pytestmark = pytest.mark.e2e
 
 async def test_the_cli_boots_a_vm_whose_console_shows_its_user_data(nebula: Nebula, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEBULA_")}
-    env.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "config"),
-               NEBULA_STATE_DIR=str(tmp_path / "state"), NEBULA_CONFIG=str(tmp_path / "absent.toml"),
-               NEBULA_URL=nebula.cloud.base)
+    env.update(
+        HOME=str(tmp_path / "home"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        NEBULA_STATE_DIR=str(tmp_path / "state"),
+        NEBULA_CONFIG=str(tmp_path / "absent.toml"),
+        NEBULA_URL=nebula.cloud.base,
+    )
     cli = Cli(env)
     nonce = f"nonce-{secrets.token_hex(8)}"
     user_data = tmp_path / "hello.sh"
@@ -30,9 +34,30 @@ async def test_the_cli_boots_a_vm_whose_console_shows_its_user_data(nebula: Nebu
 
     made = await cli("project", "create", "first")
     assert made.code == 0, made.err
-    booted = await cli("instance", "create", "--project", "first", "--name", "vm1", "--vcpus", "1", "--ram", "256",
-                       "--disk", "1", "--image", "nebula-tiny", "--user-data", str(user_data), "--wait", "--booted",
-                       "--timeout", "120", "--json", timeout=150)
+    booted = await cli(
+        "instance",
+        "create",
+        "--project",
+        "first",
+        "--name",
+        "vm1",
+        "--vcpus",
+        "1",
+        "--ram",
+        "256",
+        "--disk",
+        "1",
+        "--image",
+        "nebula-tiny",
+        "--user-data",
+        str(user_data),
+        "--wait",
+        "--booted",
+        "--timeout",
+        "120",
+        "--json",
+        timeout=150,
+    )
     assert booted.code == 0, booted.err
     instance = booted.json()
     nebula.leftovers.add(instance["id"])

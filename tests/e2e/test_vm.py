@@ -25,7 +25,7 @@ from nebula_core.contract import subjects
 from nebula_core.contract.kv import InstanceSeed
 from nebula_core.contract.node import CreateRequest, ImageSpec
 from nebula_core.orchestrator.lifecycle import seed_url
-from nebula_node.driver import LibvirtDriver
+from nebula_node.libvirt.driver import LibvirtDriver
 from tests.e2e.conftest import URI, Host, Leftovers, Meta, Nebula
 from tests.integration.conftest import Client, Cloud
 from tests.support import eventually
@@ -69,8 +69,9 @@ async def console(api: Client, instance_id: str) -> str:
     return str(body["data"]).replace("\r", "")
 
 
-async def until_console(read: Callable[[], Awaitable[str]], what: str, holds: Callable[[str], bool],
-                        timeout: float = BOOT_TIMEOUT) -> str:
+async def until_console(
+    read: Callable[[], Awaitable[str]], what: str, holds: Callable[[str], bool], timeout: float = BOOT_TIMEOUT
+) -> str:
     """The console once `holds(console)`; else fail saying `what` and showing its tail."""
     deadline = time.monotonic() + timeout
     while not holds(text := (await read()).replace("\r", "")):
@@ -110,8 +111,11 @@ def domain_state(virt: libvirt.virConnect, instance_id: str) -> int:
 
 def phone_homes(meta: Meta, instance_id: str) -> int:
     """Phone-homes the metadata service accepted from the instance."""
-    return sum(1 for method, path, status in meta.to(instance_id)
-               if method == "POST" and path.endswith("/phone-home") and status == 200)
+    return sum(
+        1
+        for method, path, status in meta.to(instance_id)
+        if method == "POST" and path.endswith("/phone-home") and status == 200
+    )
 
 
 # --- timings ---------------------------------------------------------------------------------
@@ -136,8 +140,12 @@ async def event_at(api: Client, instance_id: str, event_type: str) -> datetime:
     return datetime.fromisoformat(next(e["at"] for e in body["items"] if e["type"] == event_type))
 
 
-def report(timings: BootTimings, tmp_path: Path, record_property: Callable[[str, object], None],
-           capsys: pytest.CaptureFixture[str]) -> None:
+def report(
+    timings: BootTimings,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """Shown whatever pytest's capture, kept as JSON beside the test, and in the JUnit XML."""
     (tmp_path / "boot-timings.json").write_text(json.dumps(asdict(timings), indent=2))
     record_property("boot_timings", asdict(timings))
@@ -150,17 +158,27 @@ def report(timings: BootTimings, tmp_path: Path, record_property: Callable[[str,
 
 
 async def test_a_vm_boots_runs_its_user_data_and_obeys_stop_start_reboot_and_delete(
-    nebula: Nebula, tmp_path: Path, record_property: Callable[[str, object], None],
+    nebula: Nebula,
+    tmp_path: Path,
+    record_property: Callable[[str, object], None],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     api, virt, meta = nebula.cloud.admin, nebula.virt, nebula.meta
     project_id = await nebula.cloud.project("e2e")
     nonce = f"nonce-{secrets.token_hex(8)}"
 
-    status, created = await api.post("/v1/instances", {
-        "project_id": project_id, "name": "tiny-e2e", "vcpus": 1, "ram_mb": 256, "disk_gb": 1,
-        "image": "nebula-tiny", "user_data": f"#!/bin/sh\necho {nonce}\n",
-    })
+    status, created = await api.post(
+        "/v1/instances",
+        {
+            "project_id": project_id,
+            "name": "tiny-e2e",
+            "vcpus": 1,
+            "ram_mb": 256,
+            "disk_gb": 1,
+            "image": "nebula-tiny",
+            "user_data": f"#!/bin/sh\necho {nonce}\n",
+        },
+    )
     accepted = time.monotonic()
     assert status == 202, created
     instance_id = created["id"]
@@ -173,20 +191,25 @@ async def test_a_vm_boots_runs_its_user_data_and_obeys_stop_start_reboot_and_del
     # The guest fetched its data, ran the user-data and phoned home.
     booted = await eventually(lambda: _booted(api, instance_id), timeout=BOOT_TIMEOUT, interval=0.1)
     booted_seen = time.monotonic() - accepted
-    first = await wait_console(api, instance_id, f"{nonce} between the user-data markers",
-                               lambda c: ran(nonce, c))
+    first = await wait_console(api, instance_id, f"{nonce} between the user-data markers", lambda c: ran(nonce, c))
     nonce_seen = time.monotonic() - accepted
     assert phone_homes(meta, instance_id) == 1
     assert "NEBULA-DISKS vda=1073741824" in first  # the 1 GiB disk
     created_at = datetime.fromisoformat(created["created_at"])
-    report(BootTimings(
-        accept_to_qemu_started_recorded=(await event_at(api, instance_id, "instance.launched")
-                                         - created_at).total_seconds(),
-        accept_to_phone_home_recorded=(datetime.fromisoformat(booted) - created_at).total_seconds(),
-        accept_to_running_seen=running_seen,
-        accept_to_phone_home_seen=booted_seen,
-        accept_to_nonce_on_console_seen=nonce_seen,
-    ), tmp_path, record_property, capsys)
+    report(
+        BootTimings(
+            accept_to_qemu_started_recorded=(
+                await event_at(api, instance_id, "instance.launched") - created_at
+            ).total_seconds(),
+            accept_to_phone_home_recorded=(datetime.fromisoformat(booted) - created_at).total_seconds(),
+            accept_to_running_seen=running_seen,
+            accept_to_phone_home_seen=booted_seen,
+            accept_to_nonce_on_console_seen=nonce_seen,
+        ),
+        tmp_path,
+        record_property,
+        capsys,
+    )
 
     # Stop: the guest powers itself off (ACPI) and the domain is shut off.
     await act(api, instance_id, "stop")
@@ -199,8 +222,12 @@ async def test_a_vm_boots_runs_its_user_data_and_obeys_stop_start_reboot_and_del
     await act(api, instance_id, "start")
     await wait_state(api, instance_id, "running")
     assert domain_state(virt, instance_id) == libvirt.VIR_DOMAIN_RUNNING
-    await wait_console(api, instance_id, "a second boot with the user-data's output",
-                       lambda c: _booted_after(since_last(c, "NEBULA-POWEROFF"), "", nonce))
+    await wait_console(
+        api,
+        instance_id,
+        "a second boot with the user-data's output",
+        lambda c: _booted_after(since_last(c, "NEBULA-POWEROFF"), "", nonce),
+    )
     await eventually(lambda: _phoned(meta, instance_id, 2), timeout=BOOT_TIMEOUT)
 
     # Reboot: the ACPI power button, the guest powers off, and libvirt resets the same
@@ -210,8 +237,12 @@ async def test_a_vm_boots_runs_its_user_data_and_obeys_stop_start_reboot_and_del
     await act(api, instance_id, "reboot")
     await wait_state(api, instance_id, "running")
     rebooted = await wait_console(
-        api, instance_id, "a boot after the reboot's power-off",
-        lambda c: c.count("NEBULA-TINY-BOOT") > boots_before and _booted_after(since_last(c, "NEBULA-POWEROFF"), "", nonce),
+        api,
+        instance_id,
+        "a boot after the reboot's power-off",
+        lambda c: (
+            c.count("NEBULA-TINY-BOOT") > boots_before and _booted_after(since_last(c, "NEBULA-POWEROFF"), "", nonce)
+        ),
     )
     assert "NEBULA-ACPI-POWER-BUTTON" in rebooted
     assert virt.lookupByUUIDString(instance_id).ID() == qemu_before
@@ -247,15 +278,27 @@ def _booted_after(text: str, marker: str, nonce: str) -> bool:
 
 
 async def test_a_vm_whose_seed_carries_a_wrong_token_gets_nothing(
-    cloud: Cloud, meta: Meta, host: Host, leftovers: Leftovers, tiny_image: dict[str, Any],
+    cloud: Cloud,
+    meta: Meta,
+    host: Host,
+    leftovers: Leftovers,
+    tiny_image: dict[str, Any],
 ) -> None:
     # An instance the metadata service knows (no orchestrator runs here: it stays pending).
     project_id = await cloud.project("e2e")
     nonce = f"nonce-{secrets.token_hex(8)}"
-    status, created = await cloud.admin.post("/v1/instances", {
-        "project_id": project_id, "name": "tiny-wrong", "vcpus": 1, "ram_mb": 256, "disk_gb": 1,
-        "image": "nebula-tiny", "user_data": f"#!/bin/sh\necho {nonce}\n",
-    })
+    status, created = await cloud.admin.post(
+        "/v1/instances",
+        {
+            "project_id": project_id,
+            "name": "tiny-wrong",
+            "vcpus": 1,
+            "ram_mb": 256,
+            "disk_gb": 1,
+            "image": "nebula-tiny",
+            "user_data": f"#!/bin/sh\necho {nonce}\n",
+        },
+    )
     assert status == 202, created
     instance_id = created["id"]
     seeds = await cloud.js.key_value(subjects.USERDATA_BUCKET)
@@ -263,6 +306,7 @@ async def test_a_vm_whose_seed_carries_a_wrong_token_gets_nothing(
     wrong = token[:-1] + ("B" if token.endswith("A") else "A")
 
     async with aiohttp.ClientSession() as http:
+
         async def get(path: str) -> tuple[int, bytes]:
             async with http.get(meta.url + path) as response:
                 return response.status, await response.read()
@@ -279,17 +323,31 @@ async def test_a_vm_whose_seed_carries_a_wrong_token_gets_nothing(
     await driver.open()
     leftovers.add(instance_id)
     try:
-        image = ImageSpec(id=uuid.UUID(str(tiny_image["id"])), name="nebula-tiny", format="direct-kernel",
-                          source=str(tiny_image["source"]), sha256=str(tiny_image["sha256"]),
-                          size=int(str(tiny_image["size"])))
+        image = ImageSpec(
+            id=uuid.UUID(str(tiny_image["id"])),
+            name="nebula-tiny",
+            format="direct-kernel",
+            source=str(tiny_image["source"]),
+            sha256=str(tiny_image["sha256"]),
+            size=int(str(tiny_image["size"])),
+        )
         request = CreateRequest(
-            instance_id=uuid.UUID(instance_id), project_id=uuid.UUID(project_id), name="tiny-wrong", vcpus=1,
-            ram_mb=256, disk_gb=1, image=image, seed=seed_url(meta.guest_url, uuid.UUID(instance_id), wrong),
+            instance_id=uuid.UUID(instance_id),
+            project_id=uuid.UUID(project_id),
+            name="tiny-wrong",
+            vcpus=1,
+            ram_mb=256,
+            disk_gb=1,
+            image=image,
+            seed=seed_url(meta.guest_url, uuid.UUID(instance_id), wrong),
         )
         before = len(meta.answered)
         assert await driver.create(request) == "running"
-        text = await until_console(lambda: _tail(driver, request.instance_id), "a refused fetch of meta-data",
-                                   lambda c: "NEBULA-FETCH-RETRY meta-data" in c)
+        text = await until_console(
+            lambda: _tail(driver, request.instance_id),
+            "a refused fetch of meta-data",
+            lambda c: "NEBULA-FETCH-RETRY meta-data" in c,
+        )
     finally:
         await driver.close()
     assert "NEBULA-NET-UP" in text  # it reached the network, and was refused there

@@ -18,10 +18,16 @@ util.get_cmdline = lambda: "console=ttyS0"
 paths = helpers.Paths({"cloud_dir": scratch, "run_dir": scratch, "seed_dir": scratch + "/seed"})
 source = DataSourceNoCloud.DataSourceNoCloudNet(sys_cfg={}, distro=None, paths=paths)
 found = source.get_data()
-print(json.dumps({
-    "found": bool(found),
-    "metadata": source.metadata,
-    "userdata_raw": (source.userdata_raw or b"").decode() if isinstance(source.userdata_raw, bytes) else source.userdata_raw,
-    "instance_id": source.get_instance_id() if found else None,
-    "hostname": source.metadata.get("local-hostname") if found else None,
-}))
+print(
+    json.dumps(
+        {
+            "found": bool(found),
+            "metadata": source.metadata,
+            "userdata_raw": (source.userdata_raw or b"").decode()
+            if isinstance(source.userdata_raw, bytes)
+            else source.userdata_raw,
+            "instance_id": source.get_instance_id() if found else None,
+            "hostname": source.metadata.get("local-hostname") if found else None,
+        }
+    )
+)

@@ -15,9 +15,9 @@ from aiohttp.test_utils import TestServer
 from nats.js import JetStreamContext
 
 from nebula_core import config
+from nebula_core.allinone.embedded import NatsServer
 from nebula_core.api.app import make_app
-from nebula_core.embedded import NatsServer
-from nebula_core.projector import Projector
+from nebula_core.projections.projector import Projector
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
 
@@ -31,10 +31,12 @@ class Client:
     def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}", **(extra or {})}
 
-    async def call(self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None,
-                   data: bytes | None = None) -> tuple[int, Any]:
-        async with self.session.request(method, self.base + path, json=json, data=data,
-                                        headers=self._headers(headers)) as response:
+    async def call(
+        self, method: str, path: str, json: Any = None, headers: dict[str, str] | None = None, data: bytes | None = None
+    ) -> tuple[int, Any]:
+        async with self.session.request(
+            method, self.base + path, json=json, data=data, headers=self._headers(headers)
+        ) as response:
             text = await response.text()
             try:
                 payload = await response.json(content_type=None) if text else None
@@ -80,8 +82,14 @@ class Cloud:
 
     async def image(self, name: str = "tiny") -> str:
         status, body = await self.admin.post(
-            "/v1/images", {"name": name, "format": "direct-kernel", "source": "/srv/images/tiny/manifest.json",
-                           "sha256": "a" * 64, "size": 1234}
+            "/v1/images",
+            {
+                "name": name,
+                "format": "direct-kernel",
+                "source": "/srv/images/tiny/manifest.json",
+                "sha256": "a" * 64,
+                "size": 1234,
+            },
         )
         assert status == 201, body
         return str(body["id"])

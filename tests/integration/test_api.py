@@ -18,8 +18,18 @@ from tests.support import eventually
 
 
 def instance_body(project_id: str, **extra: object) -> dict[str, object]:
-    return {"project_id": project_id, "name": "web-1", "vcpus": 1, "ram_mb": 256, "disk_gb": 1, "image": "tiny",
-            "user_data": "#!/bin/sh\necho hello\n", "tags": {"tier": "web"}, "region": "eu", **extra}
+    return {
+        "project_id": project_id,
+        "name": "web-1",
+        "vcpus": 1,
+        "ram_mb": 256,
+        "disk_gb": 1,
+        "image": "tiny",
+        "user_data": "#!/bin/sh\necho hello\n",
+        "tags": {"tier": "web"},
+        "region": "eu",
+        **extra,
+    }
 
 
 async def drive(cloud: Cloud, instance_id: str, *steps: str) -> None:
@@ -70,9 +80,16 @@ async def test_the_whole_lifecycle_through_http(cloud: Cloud) -> None:
     assert [i["id"] for i in page["items"]] == [instance_id]
     status, history = await alice.get(f"/v1/instances/{instance_id}/events")
     assert [e["type"] for e in history["items"]] == [
-        "instance.created", "instance.scheduled", "instance.launched", "instance.stop_requested",
-        "instance.stopped", "instance.start_requested", "instance.started", "instance.reboot_requested",
-        "instance.rebooted", "instance.delete_requested",
+        "instance.created",
+        "instance.scheduled",
+        "instance.launched",
+        "instance.stop_requested",
+        "instance.stopped",
+        "instance.start_requested",
+        "instance.started",
+        "instance.reboot_requested",
+        "instance.rebooted",
+        "instance.delete_requested",
     ]
     assert history["items"][0]["actor"] == f"user:{user_id}"
     assert history["items"][1]["actor"] == "system:test"
@@ -197,16 +214,22 @@ async def test_every_body_names_the_field_it_refuses(
     project_id = await cloud.project("base")
     await cloud.image()
     _, instance = await cloud.admin.post("/v1/instances", instance_body(project_id))
-    before = await cloud.pool.fetchval("SELECT count(*) FROM projects") + await cloud.pool.fetchval(
-        "SELECT count(*) FROM users") + await cloud.pool.fetchval("SELECT count(*) FROM images")
+    before = (
+        await cloud.pool.fetchval("SELECT count(*) FROM projects")
+        + await cloud.pool.fetchval("SELECT count(*) FROM users")
+        + await cloud.pool.fetchval("SELECT count(*) FROM images")
+    )
     target = path.format(project=project_id, instance=instance["id"])
 
     status, answer = await cloud.admin.call(method, target, json=body)
 
     assert status == 422, answer
     assert answer["code"] == "invalid" and answer["fields"] == [field], answer
-    after = await cloud.pool.fetchval("SELECT count(*) FROM projects") + await cloud.pool.fetchval(
-        "SELECT count(*) FROM users") + await cloud.pool.fetchval("SELECT count(*) FROM images")
+    after = (
+        await cloud.pool.fetchval("SELECT count(*) FROM projects")
+        + await cloud.pool.fetchval("SELECT count(*) FROM users")
+        + await cloud.pool.fetchval("SELECT count(*) FROM images")
+    )
     assert after == before
     _, project = await cloud.admin.get(f"/v1/projects/{project_id}")
     assert project["version"] == 1  # a refused PATCH changed nothing
@@ -217,8 +240,9 @@ async def test_a_missing_field_and_broken_json_get_422(cloud: Cloud) -> None:
     body = instance_body(project_id)
     del body["vcpus"]
     status, missing = await cloud.admin.post("/v1/instances", body)
-    status2, broken = await cloud.admin.call("POST", "/v1/instances", data=b"{not json",
-                                              headers={"Content-Type": "application/json"})
+    status2, broken = await cloud.admin.call(
+        "POST", "/v1/instances", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     status3, empty = await cloud.admin.call("POST", "/v1/projects")
     assert (status, missing["fields"]) == (422, ["$.vcpus"])
     assert status2 == 422 and broken["fields"] == ["$"]
@@ -302,8 +326,10 @@ async def test_a_repeated_post_with_an_idempotency_key_gets_the_first_answer(clo
     first = await cloud.admin.post("/v1/instances", instance_body(project_id), headers=key)
     again = await cloud.admin.post("/v1/instances", instance_body(project_id), headers=key)
     twins = await asyncio.gather(
-        *(cloud.admin.post("/v1/instances", instance_body(project_id, name="twin"), headers={"Idempotency-Key": "t"})
-          for _ in range(4))
+        *(
+            cloud.admin.post("/v1/instances", instance_body(project_id, name="twin"), headers={"Idempotency-Key": "t"})
+            for _ in range(4)
+        )
     )
     reused = await cloud.admin.post("/v1/instances", instance_body(project_id, name="other"), headers=key)
 
@@ -326,10 +352,12 @@ async def test_a_stale_if_match_is_a_409_and_changes_nothing(cloud: Cloud) -> No
     status, seen = await cloud.admin.get(f"/v1/projects/{project_id}")
     etag = f'"{seen["version"]}"'
 
-    first = await cloud.admin.call("PATCH", f"/v1/projects/{project_id}", json={"description": "one"},
-                                   headers={"If-Match": etag})
-    second = await cloud.admin.call("PATCH", f"/v1/projects/{project_id}", json={"description": "two"},
-                                    headers={"If-Match": etag})
+    first = await cloud.admin.call(
+        "PATCH", f"/v1/projects/{project_id}", json={"description": "one"}, headers={"If-Match": etag}
+    )
+    second = await cloud.admin.call(
+        "PATCH", f"/v1/projects/{project_id}", json={"description": "two"}, headers={"If-Match": etag}
+    )
 
     assert first[0] == 200 and first[1]["description"] == "one"
     assert second[0] == 409 and second[1]["code"] == "concurrent_modification"
@@ -364,8 +392,12 @@ async def test_lists_paginate_and_filter_by_tag_and_region(cloud: Cloud) -> None
     project_id = await cloud.project(quotas={"instances": 50, "vcpus": 50, "ram_mb": 100000, "disk_gb": 100})
     await cloud.image()
     for i in range(7):
-        await cloud.admin.post("/v1/instances", instance_body(
-            project_id, name=f"vm{i}", tags={"tier": "db" if i % 2 else "web"}, region="eu" if i < 5 else "us"))
+        await cloud.admin.post(
+            "/v1/instances",
+            instance_body(
+                project_id, name=f"vm{i}", tags={"tier": "db" if i % 2 else "web"}, region="eu" if i < 5 else "us"
+            ),
+        )
     seen, cursor = [], None
     while True:
         _, page = await cloud.admin.get("/v1/instances?limit=3" + (f"&cursor={cursor}" if cursor else ""))

@@ -19,20 +19,30 @@ from aiohttp.test_utils import TestServer
 from nats.js import JetStreamContext
 
 from nebula_core import config
+from nebula_core.allinone.embedded import NatsServer
 from nebula_core.api.app import make_app
 from nebula_core.api.auth import hash_token, new_token
 from nebula_core.domain import AGGREGATES, User
 from nebula_core.domain.codec import Codec
-from nebula_core.embedded import NatsServer
 from nebula_core.eventstore import EventStore
-from nebula_core.projector import Projector
+from nebula_core.projections.projector import Projector
 from tests.integration.conftest import ADMIN_TOKEN, Cloud
 from tests.support import eventually
 
-PROJECT = {"name": "alpha", "description": "the first", "tags": {"team": "infra"},
-           "quotas": {"instances": 3, "vcpus": 6, "ram_mb": 4096, "disk_gb": 40}}
-IMAGE = {"name": "tiny", "format": "qcow2", "source": "https://images.example/tiny.qcow2", "sha256": "b" * 64,
-         "size": 4321, "min_disk_gb": 2}
+PROJECT = {
+    "name": "alpha",
+    "description": "the first",
+    "tags": {"team": "infra"},
+    "quotas": {"instances": 3, "vcpus": 6, "ram_mb": 4096, "disk_gb": 40},
+}
+IMAGE = {
+    "name": "tiny",
+    "format": "qcow2",
+    "source": "https://images.example/tiny.qcow2",
+    "sha256": "b" * 64,
+    "size": 4321,
+    "min_disk_gb": 2,
+}
 
 
 @dataclass
@@ -55,12 +65,13 @@ class Lagging:
         self._task = None
 
     async def projected_rows(self, table: str) -> int:
-        return int(await self.cloud.pool.fetchval(f"SELECT count(*) FROM {table}"))  # noqa: S608 — fixed names
+        return int(await self.cloud.pool.fetchval(f"SELECT count(*) FROM {table}"))
 
 
 @pytest.fixture
-async def lagging(nats_server: NatsServer, js: JetStreamContext, pool: asyncpg.Pool,
-                  pg_dsn: str) -> AsyncIterator[Lagging]:
+async def lagging(
+    nats_server: NatsServer, js: JetStreamContext, pool: asyncpg.Pool, pg_dsn: str
+) -> AsyncIterator[Lagging]:
     """The `cloud` fixture's API, real NATS and Postgres, and no projector running."""
     settings = config.load({}, nats_url=nats_server.url, pg_dsn=pg_dsn, admin_token=ADMIN_TOKEN)
     server = TestServer(make_app(settings), host="127.0.0.1")
@@ -142,15 +153,17 @@ async def test_a_new_users_token_works_before_the_user_is_projected(lagging: Lag
     status, me = await alice.get("/v1/users/me")  # was a 401 until the users table caught up
     assert status == 200, me
     assert {k: me[k] for k in ("id", "name", "is_admin", "created_at")} == {
-        k: created[k] for k in ("id", "name", "is_admin", "created_at")}
+        k: created[k] for k in ("id", "name", "is_admin", "created_at")
+    }
     status, page = await alice.get("/v1/projects")  # authenticated; no membership projected: nothing
     assert status == 200 and page["items"] == []
     status, body = await cloud.client(new_token()).get("/v1/users/me")
     assert status == 401, body
 
     # The admin can make the new user a member at once (it was a 422 "no user").
-    status, member = await cloud.admin.post(f"/v1/projects/{project_id}/members",
-                                            {"user_id": created["id"], "role": "member"})
+    status, member = await cloud.admin.post(
+        f"/v1/projects/{project_id}/members", {"user_id": created["id"], "role": "member"}
+    )
     assert status == 201, member
 
     # A token rotated in the events (not projected either) replaces the first one.
@@ -180,4 +193,3 @@ async def test_a_new_users_token_works_before_the_user_is_projected(lagging: Lag
 async def _projects_of(client) -> list | None:  # type: ignore[no-untyped-def,type-arg]
     status, page = await client.get("/v1/projects")
     return page["items"] if status == 200 and page["items"] else None
-

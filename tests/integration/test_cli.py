@@ -28,7 +28,7 @@ from tests.integration.conftest import ADMIN_TOKEN, Cloud
 from tests.support import eventually
 
 _SCRIPT = Path(sys.executable).with_name("nebula")
-COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "nebula_core.cli"]
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "nebula_core"]
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,21 @@ class Nebula:
                 env[key] = value
         return env
 
-    async def start(self, *args: str, token: str | None = ADMIN_TOKEN,
-                    env: dict[str, str | None] | None = None) -> asyncio.subprocess.Process:
+    async def start(
+        self, *args: str, token: str | None = ADMIN_TOKEN, env: dict[str, str | None] | None = None
+    ) -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(
-            *COMMAND, *args, env=self._env(token, env or {}), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *COMMAND,
+            *args,
+            env=self._env(token, env or {}),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
 
-    async def __call__(self, *args: str, token: str | None = ADMIN_TOKEN,
-                       env: dict[str, str | None] | None = None, timeout: float = 60) -> Ran:
+    async def __call__(
+        self, *args: str, token: str | None = ADMIN_TOKEN, env: dict[str, str | None] | None = None, timeout: float = 60
+    ) -> Ran:
         return await finished(await self.start(*args, token=token, env=env), timeout)
 
 
@@ -82,9 +88,13 @@ async def finished(process: asyncio.subprocess.Process, timeout: float = 60) -> 
 @pytest.fixture
 def nebula(cloud: Cloud, tmp_path: Path) -> Nebula:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEBULA_")}
-    env.update(HOME=str(tmp_path / "home"), XDG_CONFIG_HOME=str(tmp_path / "config"),
-               NEBULA_STATE_DIR=str(tmp_path / "state"), NEBULA_CONFIG=str(tmp_path / "absent.toml"),
-               NEBULA_URL=cloud.base)
+    env.update(
+        HOME=str(tmp_path / "home"),
+        XDG_CONFIG_HOME=str(tmp_path / "config"),
+        NEBULA_STATE_DIR=str(tmp_path / "state"),
+        NEBULA_CONFIG=str(tmp_path / "absent.toml"),
+        NEBULA_URL=cloud.base,
+    )
     return Nebula(env)
 
 
@@ -97,8 +107,24 @@ async def change(cloud: Cloud, instance_id: str, *steps: Callable[[Instance], ob
     await store.save(instance, actor="system:test")
 
 
-CREATE = ("instance", "create", "--project", "alpha", "--name", "web-1", "--vcpus", "1", "--ram", "256",
-          "--disk", "1", "--image", "nebula-tiny", "--region", "eu")
+CREATE = (
+    "instance",
+    "create",
+    "--project",
+    "alpha",
+    "--name",
+    "web-1",
+    "--vcpus",
+    "1",
+    "--ram",
+    "256",
+    "--disk",
+    "1",
+    "--image",
+    "nebula-tiny",
+    "--region",
+    "eu",
+)
 
 
 async def alpha_with_alice(cloud: Cloud) -> tuple[str, str]:
@@ -140,8 +166,9 @@ async def test_an_admin_sets_up_projects_users_and_images(nebula: Nebula, tmp_pa
 
     kernel = tmp_path / "manifest.json"
     kernel.write_text('{"kernel": "vmlinuz"}')
-    image = (await nebula("image", "create", "nebula-tiny", "--format", "direct-kernel",
-                          "--source", str(kernel), "--json")).json()
+    image = (
+        await nebula("image", "create", "nebula-tiny", "--format", "direct-kernel", "--source", str(kernel), "--json")
+    ).json()
     assert image["sha256"] == hashlib.sha256(kernel.read_bytes()).hexdigest()
     assert image["size"] == kernel.stat().st_size
     listed = await nebula("image", "list")
@@ -157,8 +184,20 @@ async def test_a_project_is_updated_in_place(nebula: Nebula) -> None:
     alice = (await nebula("user", "create", "alice", "--json")).json()
     await nebula("project", "add-member", "web", "alice", "--role", "admin")
 
-    changed = await nebula("project", "update", "web", "--description", "the shop", "--tag", "team=b",
-                           "--tag", "tier=1", "--max-ram", "4096", "--json")
+    changed = await nebula(
+        "project",
+        "update",
+        "web",
+        "--description",
+        "the shop",
+        "--tag",
+        "team=b",
+        "--tag",
+        "tier=1",
+        "--max-ram",
+        "4096",
+        "--json",
+    )
     renamed = await nebula("project", "update", "web", "--name", "shop", "--clear-tags", token=alice["token"])
     refused = await nebula("project", "update", "shop", "--max-vcpus", "100", token=alice["token"])
     both = await nebula("project", "update", "shop", "--tag", "a=b", "--clear-tags")
@@ -201,7 +240,11 @@ async def test_a_member_creates_inspects_and_drives_an_instance(nebula: Nebula, 
 
     history = (await nebula("instance", "events", "web-1", "--json", token=alice)).json()
     assert [e["type"] for e in history] == [
-        "instance.created", "instance.scheduled", "instance.launched", "instance.stop_requested"]
+        "instance.created",
+        "instance.scheduled",
+        "instance.launched",
+        "instance.stop_requested",
+    ]
     then = await nebula("instance", "show", "web-1", "--at", history[0]["at"], "--json", token=alice)
     assert then.json()["state"] == "pending"
     audit = await nebula("instance", "events", instance["id"], token=alice)
@@ -230,8 +273,9 @@ async def test_wait_exits_1_with_the_reason_when_the_instance_fails(nebula: Nebu
     await change(cloud, instance_id, lambda i: i.fail("no node in region eu has 1 free vCPU"))
     ran = await finished(waiting)
     assert ran.code == 1
-    assert ran.error == (f"nebula: error: instance web-1 ({instance_id}) ended in error: "
-                         "no node in region eu has 1 free vCPU")
+    assert ran.error == (
+        f"nebula: error: instance web-1 ({instance_id}) ended in error: no node in region eu has 1 free vCPU"
+    )
     assert ran.json()["state"] == "error"  # --json still hands the script the instance
 
 
@@ -309,8 +353,13 @@ async def test_node_list_shows_allocation_and_liveness(nebula: Nebula, cloud: Cl
     empty = await nebula("node", "list")
     assert (empty.code, empty.out, empty.err.strip()) == (0, "", "No nodes.")
 
-    node = Node(name="node-a", region="eu", capacity=Resources(vcpus=8, ram_mb=16384, disk_gb=200),
-                overcommit=Overcommit(cpu=4.0, ram=1.0, disk=1.0), agent_version="0.1.0")
+    node = Node(
+        name="node-a",
+        region="eu",
+        capacity=Resources(vcpus=8, ram_mb=16384, disk_gb=200),
+        overcommit=Overcommit(cpu=4.0, ram=1.0, disk=1.0),
+        agent_version="0.1.0",
+    )
     await EventStore(cloud.js, Codec(*AGGREGATES)).save(node, actor="system:test")
 
     async def listed() -> Ran | None:

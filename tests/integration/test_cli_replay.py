@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nebula_core.embedded import free_port
+from nebula_core.allinone.embedded import free_port
 from tests.integration.test_init_and_up import nebula
 
 

@@ -38,12 +38,30 @@ async def running(cloud: Cloud, tmp_path: Path) -> AsyncIterator[Fleet]:
 
 
 def create(name: str, *extra: str, vcpus: int = 1, region: str = "eu") -> tuple[str, ...]:
-    return ("instance", "create", "--project", "alpha", "--name", name, "--vcpus", str(vcpus), "--ram", "256",
-            "--disk", "1", "--image", "nebula-tiny", "--region", region, *extra)
+    return (
+        "instance",
+        "create",
+        "--project",
+        "alpha",
+        "--name",
+        name,
+        "--vcpus",
+        str(vcpus),
+        "--ram",
+        "256",
+        "--disk",
+        "1",
+        "--image",
+        "nebula-tiny",
+        "--region",
+        region,
+        *extra,
+    )
 
 
 async def test_an_instance_created_with_wait_runs_on_a_node_and_obeys_the_cli(
-    nebula: Nebula, running: Fleet  # noqa: F811
+    nebula: Nebula,
+    running: Fleet,  # noqa: F811
 ) -> None:
     made = await nebula(*create("web-1", "--wait", "--timeout", "60"))
     assert made.code == 0, made.err
@@ -78,7 +96,8 @@ async def test_an_instance_created_with_wait_runs_on_a_node_and_obeys_the_cli(
 
 
 async def test_wait_ends_with_the_placement_refusal_and_exit_1(
-    nebula: Nebula, running: Fleet  # noqa: F811
+    nebula: Nebula,
+    running: Fleet,  # noqa: F811
 ) -> None:
     big = await nebula(*create("big", "--wait", "--timeout", "60", vcpus=3))
     assert big.code == 1
@@ -90,7 +109,8 @@ async def test_wait_ends_with_the_placement_refusal_and_exit_1(
 
 
 async def test_booted_waits_for_the_phone_home_a_simulated_guest_never_makes(
-    nebula: Nebula, running: Fleet  # noqa: F811
+    nebula: Nebula,
+    running: Fleet,  # noqa: F811
 ) -> None:
     alone = await nebula(*create("b-1", "--booted"))
     assert alone.code == 2

@@ -10,13 +10,13 @@ import nats
 import pytest
 from nats.js import JetStreamContext
 
+from nebula_core.allinone.embedded import NatsServer
+from nebula_core.contract import topology
+from nebula_core.contract.errors import ConcurrencyConflict, NotFound
 from nebula_core.contract.types import Quotas
 from nebula_core.domain.codec import Codec
 from nebula_core.domain.project import Project
-from nebula_core.embedded import NatsServer
-from nebula_core.errors import ConcurrencyConflict, NotFound
 from nebula_core.eventstore import EventStore
-from nebula_ops import topology
 
 CODEC = Codec(Project)
 
@@ -42,7 +42,7 @@ async def test_a_saved_aggregate_loads_back_equal(js: JetStreamContext) -> None:
 
 async def test_two_concurrent_writers_exactly_one_wins(js: JetStreamContext, nats_server: NatsServer) -> None:
     await EventStore(js, CODEC).save(new_project())
-    project_id = (await _any_project_id(js))
+    project_id = await _any_project_id(js)
     # Two independent writers: separate connections, separate stores, same starting version.
     other = await nats.connect(nats_server.url)
     try:

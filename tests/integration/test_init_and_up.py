@@ -14,17 +14,18 @@ import aiohttp
 import asyncpg
 import nats
 
+from nebula_core.allinone.embedded import NatsServer, free_port
 from nebula_core.contract.types import Quotas
 from nebula_core.domain import AGGREGATES, Project
 from nebula_core.domain.codec import Codec
-from nebula_core.embedded import NatsServer, free_port
 from nebula_core.eventstore import EventStore
-from nebula_core.projections import TABLES
-from nebula_core.projector import Projector, checkpoint
+from nebula_core.projections.checkpoint import checkpoint
+from nebula_core.projections.handlers import TABLES
+from nebula_core.projections.projector import Projector
 from tests.integration.test_projector import assert_every_table_has_rows, dump, last_seq, seed_everything
 from tests.support import eventually
 
-NEBULA = [sys.executable, "-m", "nebula_core.cli"]
+NEBULA = [sys.executable, "-m", "nebula_core"]
 
 
 def nebula(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -63,8 +64,13 @@ def test_init_without_postgres_says_what_to_set(nats_server: NatsServer) -> None
 
 async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: Path) -> None:
     port, api_port, meta_port = free_port(), free_port(), free_port()
-    env = {**os.environ, "NEBULA_STATE_DIR": str(tmp_path / "state"), "NEBULA_NATS_URL": f"nats://127.0.0.1:{port}",
-           "NEBULA_API_LISTEN": f"127.0.0.1:{api_port}", "NEBULA_META_LISTEN": f"127.0.0.1:{meta_port}"}
+    env = {
+        **os.environ,
+        "NEBULA_STATE_DIR": str(tmp_path / "state"),
+        "NEBULA_NATS_URL": f"nats://127.0.0.1:{port}",
+        "NEBULA_API_LISTEN": f"127.0.0.1:{api_port}",
+        "NEBULA_META_LISTEN": f"127.0.0.1:{meta_port}",
+    }
     env.pop("NEBULA_PG_DSN", None)
     proc = subprocess.Popen([*NEBULA, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -78,8 +84,9 @@ async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: 
             async with http.get(f"http://127.0.0.1:{meta_port}/healthz") as meta_health:
                 assert meta_health.status == 200
             headers = {"Authorization": f"Bearer {token}"}
-            async with http.post(f"http://127.0.0.1:{api_port}/v1/projects", json={"name": "first"},
-                                 headers=headers) as created:
+            async with http.post(
+                f"http://127.0.0.1:{api_port}/v1/projects", json={"name": "first"}, headers=headers
+            ) as created:
                 assert created.status == 201
             async with http.get(f"http://127.0.0.1:{api_port}/v1/projects", headers=headers) as listed:
                 names = [p["name"] for p in (await listed.json())["items"]]

@@ -174,8 +174,12 @@ async def test_stock_cloud_init_finds_and_reads_its_seed(cloud: Cloud, meta: str
     assert (unpacked / "cloudinit").is_dir(), "make test unpacks Debian's cloud-init here (ops/bootstrap.sh --test)"
 
     process = await asyncio.create_subprocess_exec(
-        "/usr/bin/python3", str(probe), serial, str(tmp_path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        "/usr/bin/python3",
+        str(probe),
+        serial,
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(unpacked)},
     )
     out, err = await asyncio.wait_for(process.communicate(), 60)

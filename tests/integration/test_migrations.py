@@ -7,7 +7,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from nebula_ops import migrate
+from nebula_core.projections import migrate
 
 
 async def test_migrations_apply_once_in_order(pg_dsn: str) -> None:

@@ -19,6 +19,7 @@ from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from nebula_core.allinone.embedded import NatsServer
 from nebula_core.config import Settings
 from nebula_core.contract import subjects
 from nebula_core.contract.commands import ReportDomain
@@ -36,25 +37,35 @@ from nebula_core.contract.types import Overcommit, Resources
 from nebula_core.domain import AGGREGATES, Node
 from nebula_core.domain.codec import Codec
 from nebula_core.domain.node import node_uuid
-from nebula_core.embedded import NatsServer
 from nebula_core.eventstore import EventStore
 from nebula_core.messaging import make_broker, reply_errors
 from nebula_node.agent import NodeAgent
-from nebula_node.domain_xml import GuestSpec, KernelBoot, build_domain
+from nebula_node.libvirt.domain_xml import GuestSpec, KernelBoot, build_domain
 from nebula_node.sim import simulated_host_uri
 from tests.support import eventually
 
 NODE = "node-a"
 CAPACITY = Resources(vcpus=8, ram_mb=16384, disk_gb=200)
-IMAGE = ImageSpec(id=uuid.uuid4(), name="nebula-tiny", format="direct-kernel",
-                  source="/srv/images/nebula-tiny/manifest.json", sha256="a" * 64, size=1234)
+IMAGE = ImageSpec(
+    id=uuid.uuid4(),
+    name="nebula-tiny",
+    format="direct-kernel",
+    source="/srv/images/nebula-tiny/manifest.json",
+    sha256="a" * 64,
+    size=1234,
+)
 FLAVOUR = Resources(vcpus=2, ram_mb=512, disk_gb=10)
 
 
 def create_request(instance_id: uuid.UUID | None = None, **changes: object) -> CreateRequest:
     req = CreateRequest(
-        instance_id=instance_id or uuid.uuid4(), project_id=uuid.UUID(int=1), name="web-1", vcpus=FLAVOUR.vcpus,
-        ram_mb=FLAVOUR.ram_mb, disk_gb=FLAVOUR.disk_gb, image=IMAGE,
+        instance_id=instance_id or uuid.uuid4(),
+        project_id=uuid.UUID(int=1),
+        name="web-1",
+        vcpus=FLAVOUR.vcpus,
+        ram_mb=FLAVOUR.ram_mb,
+        disk_gb=FLAVOUR.disk_gb,
+        image=IMAGE,
         seed="ds=nocloud-net;s=http://10.0.2.2:8775/nocloud/x/token/",
     )
     return msgspec.structs.replace(req, **changes)
@@ -93,6 +104,7 @@ async def last_command_seq(js: JetStreamContext) -> int:
 def reports_of(instance_id: uuid.UUID, js: JetStreamContext, after: int = 0):
     async def probe() -> list[ReportDomain]:
         return [r for _, r in await reports(js, after) if r.instance_id == instance_id]
+
     return probe
 
 
@@ -108,8 +120,13 @@ async def heartbeat_of(js: JetStreamContext, node: str = NODE) -> Heartbeat | No
 
 def settings(nats_server: NatsServer, tmp_path: Path, **changes: object) -> Settings:
     base = Settings(
-        nats_url=nats_server.url, node_id=NODE, region="r1", state_dir=str(tmp_path / "state"),
-        heartbeat_interval=1.0, reconcile_interval=3600, cpu_overcommit=2.0,
+        nats_url=nats_server.url,
+        node_id=NODE,
+        region="r1",
+        state_dir=str(tmp_path / "state"),
+        heartbeat_interval=1.0,
+        reconcile_interval=3600,
+        cpu_overcommit=2.0,
     )
     return msgspec.structs.replace(base, **changes)
 
@@ -181,8 +198,11 @@ async def test_a_restart_records_only_what_changed(
     broker: NatsBroker, nats_server: NatsServer, js: JetStreamContext, tmp_path: Path
 ) -> None:
     uri = simulated_host_uri(tmp_path / "host.xml", CAPACITY)
-    for node_settings in (settings(nats_server, tmp_path), settings(nats_server, tmp_path),
-                          settings(nats_server, tmp_path, node_vcpus=4)):
+    for node_settings in (
+        settings(nats_server, tmp_path),
+        settings(nats_server, tmp_path),
+        settings(nats_server, tmp_path, node_vcpus=4),
+    ):
         agent = NodeAgent(node_settings, libvirt_uri=uri, simulated=True)
         await agent.start(broker)
         await agent.stop()
@@ -217,9 +237,7 @@ async def test_the_heartbeat_says_what_the_node_has_runs_and_is_promised(
     assert later.at > first.at
 
 
-async def test_a_stopped_agents_heartbeat_expires_and_watchers_are_told(
-    agent: NodeAgent, js: JetStreamContext
-) -> None:
+async def test_a_stopped_agents_heartbeat_expires_and_watchers_are_told(agent: NodeAgent, js: JetStreamContext) -> None:
     kv = await js.key_value(subjects.NODES_BUCKET)
     watcher = await kv.watch(NODE)
     await agent.stop()
@@ -323,8 +341,13 @@ async def test_a_stopped_agent_has_no_responders(agent: NodeAgent, nc: NATS) -> 
     ids=["destroyed", "guest-shutdown", "undefined"],
 )
 async def test_what_happens_behind_the_agents_back_is_reported(
-    default_agent: NodeAgent, host: libvirt.virConnect, nc: NATS, js: JetStreamContext,
-    behind_the_back, state: str, reason: str,
+    default_agent: NodeAgent,
+    host: libvirt.virConnect,
+    nc: NATS,
+    js: JetStreamContext,
+    behind_the_back,
+    state: str,
+    reason: str,
 ) -> None:
     req = create_request()
     await state_of(nc, "create", req)
@@ -374,7 +397,11 @@ async def test_the_periodic_sweep_reports_what_events_missed(
 
 
 async def test_a_starting_agent_reports_what_is_missing_and_what_is_unexpected(
-    host: libvirt.virConnect, broker: NatsBroker, nats_server: NatsServer, nc: NATS, js: JetStreamContext,
+    host: libvirt.virConnect,
+    broker: NatsBroker,
+    nats_server: NatsServer,
+    nc: NATS,
+    js: JetStreamContext,
     tmp_path: Path,
 ) -> None:
     node_settings = settings(nats_server, tmp_path)
@@ -391,10 +418,18 @@ async def test_a_starting_agent_reports_what_is_missing_and_what_is_unexpected(
     await asyncio.to_thread(lambda: host.lookupByName(str(lost.instance_id)).undefine())
     node, home = first.driver.owner
     for instance_id, owner in ((stranger, {"owner_node": node, "owner_home": home}), (uuid.uuid4(), {})):
-        xml = build_domain(GuestSpec(
-            instance_id=instance_id, project_id=uuid.uuid4(), name="stray", vcpus=1, ram_mb=128,
-            domain_type="qemu", kernel=KernelBoot(kernel="/nowhere/vmlinuz"), **owner,
-        )).to_xml()
+        xml = build_domain(
+            GuestSpec(
+                instance_id=instance_id,
+                project_id=uuid.uuid4(),
+                name="stray",
+                vcpus=1,
+                ram_mb=128,
+                domain_type="qemu",
+                kernel=KernelBoot(kernel="/nowhere/vmlinuz"),
+                **owner,
+            )
+        ).to_xml()
         await asyncio.to_thread(host.defineXML, xml)
     before = await last_command_seq(js)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from nebula_core.embedded import nats_server_binary
+from nebula_core.allinone.embedded import nats_server_binary
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 
@@ -17,8 +17,9 @@ OPS = Path(__file__).resolve().parents[2] / "ops"
 @pytest.mark.parametrize("config", sorted((OPS / "nats").glob("*.conf")), ids=lambda p: p.name)
 def test_the_nats_configuration_is_valid_and_requires_a_password(config: Path) -> None:
     env = {**os.environ, "NEBULA_NATS_PASSWORD": "a-password"}
-    checked = subprocess.run([nats_server_binary(), "-t", "-c", str(config)], env=env, capture_output=True,
-                             text=True, timeout=30)
+    checked = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(config)], env=env, capture_output=True, text=True, timeout=30
+    )
 
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "is valid" in checked.stdout + checked.stderr

@@ -48,8 +48,15 @@ class Stack:
         self.store = EventStore(cloud.js, Codec(*AGGREGATES))
 
     def settings(self, **overrides: Any) -> config.Settings:
-        values = {"heartbeat_interval": HEARTBEAT, "evacuation_grace": 3.0, "node_timeout": 2.0,
-                  "node_retries": 2, "reconcile_interval": 2.0, "meta_url": "http://10.0.2.2:8775", **overrides}
+        values = {
+            "heartbeat_interval": HEARTBEAT,
+            "evacuation_grace": 3.0,
+            "node_timeout": 2.0,
+            "node_retries": 2,
+            "reconcile_interval": 2.0,
+            "meta_url": "http://10.0.2.2:8775",
+            **overrides,
+        }
         return config.load({}, nats_url=self.cloud.settings.nats_url, pg_dsn=self.cloud.settings.pg_dsn, **values)
 
     async def orchestrator(self, **overrides: Any) -> Orchestrator:
@@ -62,27 +69,58 @@ class Stack:
         """`nebula orchestrator` in a process of its own (to be killed for real)."""
         settings = self.settings(**overrides)
         env = {**os.environ, **{config.env_name(f): str(getattr(settings, f)) for f in settings.__struct_fields__}}
-        process = subprocess.Popen([str(Path(sys.executable).with_name("nebula")), "orchestrator"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=(self.tmp_path / "orchestrator.log").open("wb"))
+        process = subprocess.Popen(
+            [str(Path(sys.executable).with_name("nebula")), "orchestrator"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(self.tmp_path / "orchestrator.log").open("wb"),
+        )
         self._exit.callback(_reap, process)
         return process
 
-    async def fleet(self, nodes: int, *, region: str = "r1", capacity: Resources = Resources(vcpus=4, ram_mb=4096, disk_gb=40),
-                    prefix: str = "sim", heartbeat_interval: float = HEARTBEAT, **options: Any) -> Fleet:
-        fleet = Fleet(self.cloud.settings.nats_url, nodes=nodes, region=region, capacity=capacity,
-                      overcommit=Overcommit(cpu=1.0, ram=1.0, disk=1.0), heartbeat_interval=heartbeat_interval,
-                      state_dir=self.tmp_path / f"fleet-{prefix}", name_prefix=prefix, **options)
+    async def fleet(
+        self,
+        nodes: int,
+        *,
+        region: str = "r1",
+        capacity: Resources = Resources(vcpus=4, ram_mb=4096, disk_gb=40),
+        prefix: str = "sim",
+        heartbeat_interval: float = HEARTBEAT,
+        **options: Any,
+    ) -> Fleet:
+        fleet = Fleet(
+            self.cloud.settings.nats_url,
+            nodes=nodes,
+            region=region,
+            capacity=capacity,
+            overcommit=Overcommit(cpu=1.0, ram=1.0, disk=1.0),
+            heartbeat_interval=heartbeat_interval,
+            state_dir=self.tmp_path / f"fleet-{prefix}",
+            name_prefix=prefix,
+            **options,
+        )
         await self._exit.enter_async_context(fleet)
         return fleet
 
     async def project(self, instances: int = 100) -> str:
-        return await self.cloud.project(quotas={"instances": instances, "vcpus": 1000, "ram_mb": 1 << 20,
-                                                "disk_gb": 10_000})
+        return await self.cloud.project(
+            quotas={"instances": instances, "vcpus": 1000, "ram_mb": 1 << 20, "disk_gb": 10_000}
+        )
 
     async def create(self, project_id: str, name: str, *, region: str = "r1", vcpus: int = 1, **extra: Any) -> str:
-        status, body = await self.cloud.admin.post("/v1/instances", {
-            "project_id": project_id, "name": name, "region": region, "vcpus": vcpus, "ram_mb": 256,
-            "disk_gb": 1, "image": "tiny", **extra})
+        status, body = await self.cloud.admin.post(
+            "/v1/instances",
+            {
+                "project_id": project_id,
+                "name": name,
+                "region": region,
+                "vcpus": vcpus,
+                "ram_mb": 256,
+                "disk_gb": 1,
+                "image": "tiny",
+                **extra,
+            },
+        )
         assert status == 202, body
         return str(body["id"])
 
@@ -95,6 +133,7 @@ class Stack:
         async def probe() -> dict[str, Any] | None:
             body = await self.instance(instance_id)
             return body if body["state"] in states else None
+
         return await eventually(probe, timeout=timeout, interval=0.1)
 
     async def act(self, instance_id: str, action: str) -> None:
@@ -147,9 +186,17 @@ async def test_instance_lifecycle_create_stop_start_reboot_delete(stack: Stack) 
     node = await stack.node(running["node_id"])
     assert uuid.UUID(instance_id) not in node.claims, "a deleted instance gives its room back"
     assert await stack.history(instance_id) == [
-        "instance.created", "instance.scheduled", "instance.launched",
-        "instance.stop_requested", "instance.stopped", "instance.start_requested", "instance.started",
-        "instance.reboot_requested", "instance.rebooted", "instance.delete_requested", "instance.deleted",
+        "instance.created",
+        "instance.scheduled",
+        "instance.launched",
+        "instance.stop_requested",
+        "instance.stopped",
+        "instance.start_requested",
+        "instance.started",
+        "instance.reboot_requested",
+        "instance.rebooted",
+        "instance.delete_requested",
+        "instance.deleted",
     ]
 
 
@@ -181,7 +228,9 @@ async def test_fifty_creates_for_forty_slots_with_two_orchestrators(stack: Stack
     running = [f for f in final if f["state"] == "running"]
     failed = [f for f in final if f["state"] == "error"]
     assert (len(running), len(failed)) == (40, 10)
-    assert {f["error"] for f in failed} == {"no node in region r1 with 1 free vCPUs and 256 MiB free RAM and 1 GiB free disk"}
+    assert {f["error"] for f in failed} == {
+        "no node in region r1 with 1 free vCPUs and 256 MiB free RAM and 1 GiB free disk"
+    }
     for node_id in fleet.node_ids:
         node = await stack.node(node_id)
         assert len(node.claims) == 10, "each node is full and none is over-committed"

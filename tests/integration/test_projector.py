@@ -13,12 +13,14 @@ import pytest
 from nats.js import JetStreamContext
 
 from nebula_core.contract.events import ProjectMemberSet
+from nebula_core.contract.events import decode_known as decode
 from nebula_core.contract.types import Overcommit, Quotas, Resources
 from nebula_core.domain import AGGREGATES, Image, Instance, Node, Project, User
 from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
-from nebula_core.projector import Projector, apply_batch, checkpoint, decode, replay
-from nebula_core.projections import HANDLERS, TABLES
+from nebula_core.projections.checkpoint import checkpoint
+from nebula_core.projections.handlers import HANDLERS, TABLES
+from nebula_core.projections.projector import Projector, apply_batch, replay
 from tests.support import eventually
 
 CODEC = Codec(*AGGREGATES)
@@ -38,8 +40,13 @@ async def seed(store: EventStore, projects: int = 5, members_each: int = 3) -> l
 
 
 #: The read-model table that holds each aggregate's row, and the column naming the aggregate.
-ROW_OF = {Project: ("projects", "id"), User: ("users", "id"), Image: ("images", "id"), Node: ("nodes", "aggregate_id"),
-          Instance: ("instances", "id")}
+ROW_OF = {
+    Project: ("projects", "id"),
+    User: ("users", "id"),
+    Image: ("images", "id"),
+    Node: ("nodes", "aggregate_id"),
+    Instance: ("instances", "id"),
+}
 KEY_OF = dict(ROW_OF.values())
 
 
@@ -97,10 +104,21 @@ async def seed_everything(store: EventStore, copies: int = 1, *, tag: str = "") 
         alice.rotate_token(uuid.uuid4().hex)
         await rec.save(alice)
 
-        tiny = Image(name=f"tiny-{s}", format="direct-kernel", source="/srv/images/tiny/manifest.json",
-                     sha256="a" * 64, size=1234)
-        disk = Image(name=f"disk-{s}", format="qcow2", source="https://images.example/disk.qcow2",
-                     sha256="b" * 64, size=1 << 30, min_disk_gb=2)
+        tiny = Image(
+            name=f"tiny-{s}",
+            format="direct-kernel",
+            source="/srv/images/tiny/manifest.json",
+            sha256="a" * 64,
+            size=1234,
+        )
+        disk = Image(
+            name=f"disk-{s}",
+            format="qcow2",
+            source="https://images.example/disk.qcow2",
+            sha256="b" * 64,
+            size=1 << 30,
+            min_disk_gb=2,
+        )
         old = Image(name=f"old-{s}", format="qcow2", source="/srv/images/old.qcow2", sha256="c" * 64, size=99)
         await rec.save(tiny, disk, old)
         old.delete()
@@ -119,19 +137,33 @@ async def seed_everything(store: EventStore, copies: int = 1, *, tag: str = "") 
         gone.delete()
         await rec.save(gone)
 
-        n1 = Node(name=f"n1-{s}", region="r1", capacity=capacity, overcommit=Overcommit(cpu=2.0, ram=1.5, disk=1.0),
-                  agent_version="0.1.0")
+        n1 = Node(
+            name=f"n1-{s}",
+            region="r1",
+            capacity=capacity,
+            overcommit=Overcommit(cpu=2.0, ram=1.5, disk=1.0),
+            agent_version="0.1.0",
+        )
         n2 = Node(name=f"n2-{s}", region="r2", capacity=capacity, overcommit=Overcommit(), agent_version="0.1.0")
         await rec.save(n1, n2)
-        n1.reregister(region="r1", capacity=capacity, overcommit=Overcommit(cpu=2.0, ram=1.5, disk=1.0),
-                      agent_version="0.2.0")
+        n1.reregister(
+            region="r1", capacity=capacity, overcommit=Overcommit(cpu=2.0, ram=1.5, disk=1.0), agent_version="0.2.0"
+        )
         await rec.save(n1)
 
         def instance(name: str) -> Instance:
             return Instance(
-                project_id=project.id, owner_id=alice.id, name=name, description=f"{name} of {s}",
-                tags={"role": name}, region="r1", flavor=flavor, image_id=tiny.id, user_data_size=10,
-                user_data_sha256="d" * 64, metadata_token_hash=uuid.uuid4().hex,
+                project_id=project.id,
+                owner_id=alice.id,
+                name=name,
+                description=f"{name} of {s}",
+                tags={"role": name},
+                region="r1",
+                flavor=flavor,
+                image_id=tiny.id,
+                user_data_size=10,
+                user_data_sha256="d" * 64,
+                metadata_token_hash=uuid.uuid4().hex,
             )
 
         web, db, evac, doomed, fresh, idle = (instance(n) for n in ("web", "db", "evac", "doomed", "fresh", "idle"))
@@ -262,7 +294,9 @@ async def test_two_replicas_apply_every_event_exactly_once(js: JetStreamContext,
     assert versions == {p.id: p.version for p in projects}
 
 
-async def test_a_crash_mid_batch_applies_nothing_and_the_retry_applies_once(js: JetStreamContext, pool: asyncpg.Pool) -> None:
+async def test_a_crash_mid_batch_applies_nothing_and_the_retry_applies_once(
+    js: JetStreamContext, pool: asyncpg.Pool
+) -> None:
     store = EventStore(js, CODEC)
     await seed(store, projects=2, members_each=1)
     history = []
@@ -328,9 +362,17 @@ async def test_replay_rebuilds_identical_tables(js: JetStreamContext, pool: asyn
     store = EventStore(js, CODEC)
     projects = await seed(store, projects=6, members_each=2)
     instance = Instance(
-        project_id=projects[0].id, owner_id=uuid.uuid4(), name="vm", description="", tags={"a": "b"}, region="r",
-        flavor=Resources(vcpus=1, ram_mb=128, disk_gb=1), image_id=uuid.uuid4(), user_data_size=0,
-        user_data_sha256="0" * 64, metadata_token_hash="1" * 64,
+        project_id=projects[0].id,
+        owner_id=uuid.uuid4(),
+        name="vm",
+        description="",
+        tags={"a": "b"},
+        region="r",
+        flavor=Resources(vcpus=1, ram_mb=128, disk_gb=1),
+        image_id=uuid.uuid4(),
+        user_data_size=0,
+        user_data_sha256="0" * 64,
+        metadata_token_hash="1" * 64,
     )
     instance.schedule("n1")
     instance.launch()

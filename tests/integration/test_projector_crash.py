@@ -2,7 +2,7 @@
 
 A real `Projector` works through a stream of a few hundred events in small batches and is
 killed again and again, each time in one of the windows the projector's design must
-survive (see `nebula_core.projector`):
+survive (see `nebula_core.projections.projector`):
 
 - in the middle of a batch's transaction: a test transaction holds an uncommitted row with
   the key of a user a later event creates, so the projector's INSERT waits on it inside its
@@ -29,10 +29,10 @@ from collections import Counter
 import asyncpg
 from nats.js import JetStreamContext
 
-from nebula_core.contract import subjects
+from nebula_core.contract import subjects, topology
 from nebula_core.eventstore import EventStore
-from nebula_core.projector import Projector, checkpoint, replay
-from nebula_ops import topology
+from nebula_core.projections.checkpoint import checkpoint
+from nebula_core.projections.projector import Projector, replay
 from tests.integration.test_projector import (
     CODEC,
     assert_every_table_has_rows,
@@ -163,10 +163,12 @@ def died_of_the_kill(ended: BaseException | None) -> bool:
 async def waiting_on_our_row(pool: asyncpg.Pool) -> bool:
     """A projector's INSERT waits on the test's uncommitted row (asked outside any transaction:
     inside one, pg_stat_activity is a snapshot)."""
-    return bool(await pool.fetchval(
-        """SELECT count(*) FROM pg_stat_activity
+    return bool(
+        await pool.fetchval(
+            """SELECT count(*) FROM pg_stat_activity
            WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE 'INSERT INTO users%'"""
-    ))
+        )
+    )
 
 
 async def test_a_projector_killed_again_and_again_applies_every_event_exactly_once(
@@ -181,8 +183,9 @@ async def test_a_projector_killed_again_and_again_applies_every_event_exactly_on
     # 1. Killed inside a batch's transaction, some of the batch already written in it. With the
     #    whole stream available, fetches return full batches: 1-8, 9-16, ...; the victim is a
     #    user created well into the stream and not near the start of its batch.
-    victim = next(u for u in seeded.users
-                  if seeded.first_seq[u.id] > 12 * BATCH and (seeded.first_seq[u.id] - 1) % BATCH >= 2)
+    victim = next(
+        u for u in seeded.users if seeded.first_seq[u.id] > 12 * BATCH and (seeded.first_seq[u.id] - 1) % BATCH >= 2
+    )
     victim_seq = seeded.first_seq[victim.id]
     blocker = await asyncpg.connect(pg_dsn)
     task = None
@@ -191,7 +194,8 @@ async def test_a_projector_killed_again_and_again_applies_every_event_exactly_on
         await held.start()
         await blocker.execute(
             "INSERT INTO users (id, name, token_hash, created_at, version, last_seq) "
-            "VALUES ($1, 'blocker', 'blocker', now(), 0, 0)", victim.id,
+            "VALUES ($1, 'blocker', 'blocker', now(), 0, 0)",
+            victim.id,
         )
         task = asyncio.create_task(Projector(js, pool, batch_size=BATCH).run(asyncio.Event()))
         await eventually(lambda: waiting_on_our_row(pool))

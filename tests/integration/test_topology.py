@@ -6,17 +6,19 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.api import KeyValueConfig, RetentionPolicy, StorageType, StreamConfig
 
-from nebula_core.errors import TopologyConflict
-from nebula_ops import topology
+from nebula_core.allinone import init
+from nebula_core.contract import topology
+from nebula_core.contract.errors import TopologyConflict
+from nebula_core.contract.limits import SEED_MAX_BYTES
 
 
 async def test_applying_twice_changes_nothing(nc: NATS) -> None:
     js = nc.jetstream()
     declared = topology.declare()
 
-    first = await topology.apply(js, declared)
+    first = await init.apply(js, declared)
     before = {s: (await js.stream_info(s)).config for s in ("NEBULA_EVENTS", "NEBULA_COMMANDS")}
-    second = await topology.apply(js, declared)
+    second = await init.apply(js, declared)
     after = {s: (await js.stream_info(s)).config for s in ("NEBULA_EVENTS", "NEBULA_COMMANDS")}
 
     assert all(line.endswith(": created") for line in first)
@@ -38,7 +40,7 @@ async def test_a_conflicting_stream_is_reported_not_changed(nc: NATS) -> None:
     )
 
     with pytest.raises(TopologyConflict) as raised:
-        await topology.apply(js, topology.declare())
+        await init.apply(js, topology.declare())
 
     message = raised.value.message
     assert "stream NEBULA_EVENTS" in message
@@ -52,7 +54,7 @@ async def test_a_conflicting_bucket_is_reported(nc: NATS) -> None:
     await js.create_key_value(bucket="nebula_nodes", history=5)
 
     with pytest.raises(TopologyConflict, match="bucket nebula_nodes.*history: declared 1, server has 5"):
-        await topology.apply(js, topology.declare())
+        await init.apply(js, topology.declare())
 
 
 async def test_a_smaller_value_limit_is_raised_in_place_and_a_larger_one_refused(nc: NATS) -> None:
@@ -61,22 +63,22 @@ async def test_a_smaller_value_limit_is_raised_in_place_and_a_larger_one_refused
     kv = await js.key_value("nebula_userdata")
     await kv.put("kept", b"seed")
 
-    report = await topology.apply(js, topology.declare())
+    report = await init.apply(js, topology.declare())
 
-    assert f"bucket nebula_userdata: max_value_size raised from 65536 to {topology.SEED_MAX_BYTES}" in report
-    assert (await js.stream_info("KV_nebula_userdata")).config.max_msg_size == topology.SEED_MAX_BYTES
+    assert f"bucket nebula_userdata: max_value_size raised from 65536 to {SEED_MAX_BYTES}" in report
+    assert (await js.stream_info("KV_nebula_userdata")).config.max_msg_size == SEED_MAX_BYTES
     assert (await kv.get("kept")).value == b"seed"
-    assert "bucket nebula_userdata: unchanged" in await topology.apply(js, topology.declare())
+    assert "bucket nebula_userdata: unchanged" in await init.apply(js, topology.declare())
 
     await js.delete_key_value("nebula_userdata")
     await js.create_key_value(KeyValueConfig(bucket="nebula_userdata", history=1, max_value_size=1 << 20))
     with pytest.raises(TopologyConflict, match="max_value_size: declared 524288, server has 1048576"):
-        await topology.apply(js, topology.declare())
+        await init.apply(js, topology.declare())
 
 
 async def test_heartbeat_keys_expire_and_watchers_are_told(nc: NATS) -> None:
     js = nc.jetstream()
-    await topology.apply(js, topology.declare(heartbeat_interval_s=0.5))
+    await init.apply(js, topology.declare(heartbeat_interval_s=0.5))
     kv = await js.key_value("nebula_nodes")
     watcher = await kv.watch("node-1")
     await kv.put("node-1", b"alive")

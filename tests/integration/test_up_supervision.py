@@ -7,13 +7,12 @@ import os
 import signal
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import aiohttp
 import psutil
 
-from nebula_core.embedded import free_port
+from nebula_core.allinone.embedded import free_port
 from tests.integration.test_init_and_up import NEBULA
 from tests.support import eventually
 
@@ -23,11 +22,21 @@ class Up:
 
     def __init__(self, state: Path) -> None:
         self.api = f"127.0.0.1:{free_port()}"
-        env = {**os.environ, "NEBULA_STATE_DIR": str(state), "NEBULA_NATS_URL": f"nats://127.0.0.1:{free_port()}",
-               "NEBULA_API_LISTEN": self.api, "NEBULA_META_LISTEN": f"127.0.0.1:{free_port()}"}
+        env = {
+            **os.environ,
+            "NEBULA_STATE_DIR": str(state),
+            "NEBULA_NATS_URL": f"nats://127.0.0.1:{free_port()}",
+            "NEBULA_API_LISTEN": self.api,
+            "NEBULA_META_LISTEN": f"127.0.0.1:{free_port()}",
+        }
         env.pop("NEBULA_PG_DSN", None)
-        self.proc = subprocess.Popen([*NEBULA, "up", "--libvirt-uri", "test:///default"], env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = subprocess.Popen(
+            [*NEBULA, "up", "--libvirt-uri", "test:///default"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -40,8 +49,11 @@ class Up:
         return any(text in line for line in self.lines)
 
     def child(self, role: str) -> psutil.Process:
-        return next(p for p in psutil.Process(self.proc.pid).children(recursive=True)
-                    if p.cmdline()[-1:] == [role] and "nebula_core.cli" in p.cmdline())
+        return next(
+            p
+            for p in psutil.Process(self.proc.pid).children(recursive=True)
+            if p.cmdline()[-1:] == [role] and "nebula_core" in p.cmdline()
+        )
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)
@@ -56,6 +68,7 @@ async def test_a_dead_role_and_a_dead_postgres_are_restarted(tmp_path: Path) -> 
     up = Up(tmp_path / "state")
     try:
         async with aiohttp.ClientSession() as http:
+
             async def healthy() -> bool:
                 try:
                     async with http.get(f"http://{up.api}/healthz") as response:

@@ -12,8 +12,11 @@ from nebula_core.cli.client import DEFAULT_URL, ApiError, ConfigError, _error_fr
 @pytest.fixture
 def home(tmp_path: Path) -> dict[str, str]:
     """An environment with a config home and a state directory of its own, and nothing else."""
-    return {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "config"),
-            "NEBULA_STATE_DIR": str(tmp_path / "state")}
+    return {
+        "HOME": str(tmp_path),
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "NEBULA_STATE_DIR": str(tmp_path / "state"),
+    }
 
 
 def config_file(env: dict[str, str], text: str) -> Path:

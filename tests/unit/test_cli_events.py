@@ -6,20 +6,28 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
-from nebula_core.api import shapes
 from nebula_core.cli import events
 from nebula_core.cli.client import Unreachable
 from nebula_core.cli.output import Output
 from nebula_core.cli.session import Cli
+from nebula_core.contract import http as shapes
 
 
 def record(seq: int) -> shapes.EventRecord:
-    return shapes.EventRecord(seq=seq, type="instance.created", aggregate="instance", id=uuid.UUID(int=seq),
-                              version=1, at=datetime(2026, 1, 1, tzinfo=timezone.utc), actor="admin", data={})
+    return shapes.EventRecord(
+        seq=seq,
+        type="instance.created",
+        aggregate="instance",
+        id=uuid.UUID(int=seq),
+        version=1,
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        actor="admin",
+        data={},
+    )
 
 
 class ScriptedApi:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import typer
 
-from nebula_core.api import shapes
 from nebula_core.cli.events import event_line, matches
 from nebula_core.cli.instances import printable
 from nebula_core.cli.nodes import claimed, status
 from nebula_core.cli.output import cell, when
 from nebula_core.cli.session import one_line, parse_tags, tag_query
+from nebula_core.contract import http as shapes
 
 
 def test_cells_show_nothing_as_a_dash_and_nesting_in_brackets() -> None:
@@ -45,23 +45,44 @@ def test_a_guest_console_cannot_drive_the_terminal() -> None:
 
 
 def record(kind: str) -> shapes.EventRecord:
-    return shapes.EventRecord(seq=42, type=kind, aggregate=kind.split(".")[0], id=uuid.UUID(int=1), version=1,
-                              at=datetime(2026, 1, 1, tzinfo=timezone.utc), actor="admin", data={})
+    return shapes.EventRecord(
+        seq=42,
+        type=kind,
+        aggregate=kind.split(".")[0],
+        id=uuid.UUID(int=1),
+        version=1,
+        at=datetime(2026, 1, 1, tzinfo=UTC),
+        actor="admin",
+        data={},
+    )
 
 
 def test_event_type_filters_take_a_kind_or_an_exact_type() -> None:
     failed = record("instance.failed")
     assert matches(failed, []) and matches(failed, ["instance"]) and matches(failed, ["instance.failed"])
     assert not matches(failed, ["instance.fail"]) and not matches(failed, ["project"])
-    assert event_line(failed).split() == ["42", "2026-01-01T00:00:00Z", "instance.failed", str(uuid.UUID(int=1)),
-                                          "admin"]
+    assert event_line(failed).split() == [
+        "42",
+        "2026-01-01T00:00:00Z",
+        "instance.failed",
+        str(uuid.UUID(int=1)),
+        "admin",
+    ]
 
 
 def node(**changes: object) -> shapes.Node:
     values: dict[str, object] = dict(
-        id="node-a", region="eu", capacity={"vcpus": 8, "ram_mb": 4096, "disk_gb": 100},
-        overcommit={"cpu": 4.0, "ram": 1.0, "disk": 1.5}, allocated={"vcpus": 3, "ram_mb": 512, "disk_gb": 0},
-        instances=2, alive=True, down=False, agent_version="1", last_heartbeat=None)
+        id="node-a",
+        region="eu",
+        capacity={"vcpus": 8, "ram_mb": 4096, "disk_gb": 100},
+        overcommit={"cpu": 4.0, "ram": 1.0, "disk": 1.5},
+        allocated={"vcpus": 3, "ram_mb": 512, "disk_gb": 0},
+        instances=2,
+        alive=True,
+        down=False,
+        agent_version="1",
+        last_heartbeat=None,
+    )
     return shapes.Node(**{**values, **changes})  # type: ignore[arg-type]
 
 

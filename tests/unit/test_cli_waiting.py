@@ -14,13 +14,17 @@ def looks(*states: str, every: float = 1.0, error: str = "") -> list[Seen]:
 def test_reaching_the_target_ends_well_showing_each_change_once() -> None:
     lines, outcome = judge(looks("pending", "pending", "scheduled", "running"), "running", 60, WHAT)
     assert outcome is not None and outcome.exit_code == 0
-    assert lines == [f"{WHAT}: pending (0.0s)", f"{WHAT}: pending -> scheduled (2.0s)",
-                     f"{WHAT}: scheduled -> running (3.0s)"]
+    assert lines == [
+        f"{WHAT}: pending (0.0s)",
+        f"{WHAT}: pending -> scheduled (2.0s)",
+        f"{WHAT}: scheduled -> running (3.0s)",
+    ]
 
 
 def test_an_error_ends_the_wait_with_exit_1_and_the_reason() -> None:
-    lines, outcome = judge(looks("pending", "scheduled", "error", "running", error="no node has 4 free vCPUs"),
-                           "running", 60, WHAT)
+    lines, outcome = judge(
+        looks("pending", "scheduled", "error", "running", error="no node has 4 free vCPUs"), "running", 60, WHAT
+    )
     assert outcome is not None and outcome.exit_code == 1
     assert outcome.message == f"{WHAT} ended in error: no node has 4 free vCPUs"
     assert lines[-1] == f"{WHAT}: scheduled -> error (2.0s)"  # nothing is looked at after the end
@@ -62,13 +66,20 @@ def test_an_unknown_state_shows_why_and_keeps_waiting() -> None:
 
 def test_no_outcome_while_the_sequence_has_not_decided() -> None:
     assert judge(looks("pending", "scheduled"), "running", 60, WHAT) == (
-        [f"{WHAT}: pending (0.0s)", f"{WHAT}: pending -> scheduled (1.0s)"], None)
+        [f"{WHAT}: pending (0.0s)", f"{WHAT}: pending -> scheduled (1.0s)"],
+        None,
+    )
     assert step(Seen("pending"), Seen("pending", elapsed=3), "running", 60, WHAT).line is None
 
 
 def test_each_operation_waits_for_the_state_it_leads_to() -> None:
-    assert TARGET == {"create": "running", "start": "running", "reboot": "running", "stop": "stopped",
-                      "delete": "deleted"}
+    assert TARGET == {
+        "create": "running",
+        "start": "running",
+        "reboot": "running",
+        "stop": "stopped",
+        "delete": "deleted",
+    }
 
 
 def test_polling_backs_off_while_nothing_changes_and_resets_on_a_change() -> None:

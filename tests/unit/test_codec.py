@@ -10,9 +10,9 @@ from eventsourcing.domain import AggregateCreated, _created_event_classes
 
 from nebula_core.contract.events import EVENT_TYPES, decode_event, encode_event
 from nebula_core.contract.types import Quotas
+from nebula_core.domain import AGGREGATES
 from nebula_core.domain.codec import DOMAIN_ENVELOPE, Codec, field_names
 from nebula_core.domain.project import Project
-from nebula_core.domain import AGGREGATES
 
 CODEC = Codec(*AGGREGATES)
 

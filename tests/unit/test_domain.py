@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
+from nebula_core.contract.errors import IllegalTransition, InsufficientCapacity
 from nebula_core.contract.types import Overcommit, Resources
 from nebula_core.domain import Instance, Node
 from nebula_core.domain.node import node_uuid
-from nebula_core.errors import IllegalTransition, InsufficientCapacity
 
 
 def new_instance() -> Instance:
     return Instance(
-        project_id=uuid.uuid4(), owner_id=uuid.uuid4(), name="web-1", description="", tags={},
-        region="eu", flavor=Resources(vcpus=2, ram_mb=512, disk_gb=5), image_id=uuid.uuid4(),
-        user_data_size=0, user_data_sha256="0" * 64, metadata_token_hash="1" * 64,
+        project_id=uuid.uuid4(),
+        owner_id=uuid.uuid4(),
+        name="web-1",
+        description="",
+        tags={},
+        region="eu",
+        flavor=Resources(vcpus=2, ram_mb=512, disk_gb=5),
+        image_id=uuid.uuid4(),
+        user_data_size=0,
+        user_data_sha256="0" * 64,
+        metadata_token_hash="1" * 64,
     )
 
 
@@ -32,15 +40,31 @@ def test_an_instance_walks_the_whole_lifecycle() -> None:
     instance = new_instance()
     seen = [instance.state]
     for step in (
-        lambda: instance.schedule("node-a"), instance.launch, instance.request_stop, instance.mark_stopped,
-        instance.request_start, instance.mark_started, instance.request_reboot, instance.mark_rebooted,
-        instance.request_delete, instance.mark_deleted,
+        lambda: instance.schedule("node-a"),
+        instance.launch,
+        instance.request_stop,
+        instance.mark_stopped,
+        instance.request_start,
+        instance.mark_started,
+        instance.request_reboot,
+        instance.mark_rebooted,
+        instance.request_delete,
+        instance.mark_deleted,
     ):
         step()
         seen.append(instance.state)
     assert seen == [
-        "pending", "scheduled", "running", "stopping", "stopped", "starting", "running",
-        "rebooting", "running", "deleting", "deleted",
+        "pending",
+        "scheduled",
+        "running",
+        "stopping",
+        "stopped",
+        "starting",
+        "running",
+        "rebooting",
+        "running",
+        "deleting",
+        "deleted",
     ]
 
 
@@ -59,7 +83,12 @@ def test_a_deleted_instance_accepts_nothing() -> None:
     instance = running_instance()
     instance.request_delete()
     instance.mark_deleted()
-    for action in (instance.request_stop, instance.request_start, instance.request_delete, lambda: instance.update(name="x")):
+    for action in (
+        instance.request_stop,
+        instance.request_start,
+        instance.request_delete,
+        lambda: instance.update(name="x"),
+    ):
         with pytest.raises(IllegalTransition):
             action()
 
@@ -103,17 +132,20 @@ def test_an_instance_lost_while_off_is_rebuilt_off() -> None:
 
 def test_phone_home_is_recorded_once() -> None:
     instance = running_instance()
-    first = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    first = datetime(2026, 1, 1, tzinfo=UTC)
     instance.boot(first)
-    instance.boot(datetime(2026, 1, 2, tzinfo=timezone.utc))
+    instance.boot(datetime(2026, 1, 2, tzinfo=UTC))
     assert instance.booted_at == first
     assert sum(type(e).__name__ == "Booted" for e in instance.collect_events()) == 1
 
 
 def new_node(vcpus: int = 4, ram_mb: int = 4096, disk_gb: int = 100, cpu_ratio: float = 1.0) -> Node:
     return Node(
-        name="node-a", region="eu", capacity=Resources(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb),
-        overcommit=Overcommit(cpu=cpu_ratio, ram=1.0, disk=1.0), agent_version="1",
+        name="node-a",
+        region="eu",
+        capacity=Resources(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb),
+        overcommit=Overcommit(cpu=cpu_ratio, ram=1.0, disk=1.0),
+        agent_version="1",
     )
 
 

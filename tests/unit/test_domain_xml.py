@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nebula_core.errors import Invalid
-from nebula_node.domain_xml import (
+from nebula_core.contract.errors import Invalid
+from nebula_node.libvirt.domain_xml import (
     NEBULA_XMLNS,
     AttachedDisk,
     GuestConsole,
@@ -127,9 +127,7 @@ def test_built_domain_survives_xml_round_trip(spec: GuestSpec) -> None:
         GuestSysinfo(system={"serial": SEED, "manufacturer": "Nebula"}),
         GuestFeatures(acpi=False),
         GuestCPU(mode="host-model"),
-        GuestDisk(
-            source_path="/a b/ç.img", target_dev="vdb", driver_type="raw", device="cdrom", target_bus="sata"
-        ),
+        GuestDisk(source_path="/a b/ç.img", target_dev="vdb", driver_type="raw", device="cdrom", target_bus="sata"),
         GuestInterface(type="network", source_network="n", model="e1000", mac="52:54:00:AB:cd:ef"),
         GuestSerial(log_file="/log", log_append=True, target_port=1),
         GuestSerial(),
@@ -208,16 +206,13 @@ def test_disk_boot_boots_hd_and_names_disks_vda_vdb_in_order() -> None:
     assert root.findtext("devices/emulator") == "/usr/bin/qemu-system-x86_64"
     disks = root.findall("devices/disk")
     assert [
-        (d.find("source").get("file"), d.find("driver").get("type"), d.find("target").get("dev"))
-        for d in disks
+        (d.find("source").get("file"), d.find("driver").get("type"), d.find("target").get("dev")) for d in disks
     ] == [
         ("/srv/root.qcow2", "qcow2", "vda"),
         ("/srv/swap.img", "raw", "vdb"),
     ]
     assert all(d.attrib == {"type": "file", "device": "disk"} for d in disks)
-    assert all(
-        d.find("target").get("bus") == "virtio" and d.find("driver").get("name") == "qemu" for d in disks
-    )
+    assert all(d.find("target").get("bus") == "virtio" and d.find("driver").get("name") == "qemu" for d in disks)
 
 
 def test_user_networking_is_the_default_interface() -> None:
@@ -445,9 +440,7 @@ def test_qemu_driver_output_reads_back_as_what_we_wrote_plus_its_defaults() -> N
         os=domain.os,
         cpu=None,
         emulator=None,
-        devices=tuple(
-            dataclasses.replace(d, mac=None) if isinstance(d, GuestInterface) else d for d in back.devices
-        ),
+        devices=tuple(dataclasses.replace(d, mac=None) if isinstance(d, GuestInterface) else d for d in back.devices),
     )
     assert without_defaults == domain
 
@@ -467,9 +460,7 @@ HOSTILE = [
     "\n", "\t", " ", "\x85", "\u2028", "\ufffd", "\U0001f600", "<nebula:tag key='x'>",
 ]  # fmt: skip
 xml_text = st.lists(
-    st.one_of(
-        st.sampled_from(HOSTILE), st.text(st.characters(exclude_categories=("Cs",)).filter(is_xml_char))
-    ),
+    st.one_of(st.sampled_from(HOSTILE), st.text(st.characters(exclude_categories=("Cs",)).filter(is_xml_char))),
     max_size=8,
 ).map("".join)
 nonempty_xml_text = xml_text.filter(bool)
@@ -494,9 +485,7 @@ def plain_twin(spec: GuestSpec) -> GuestSpec:
 
 
 @given(name=nonempty_xml_text, description=xml_text, tags=tag_dicts)
-def test_hostile_text_cannot_change_the_element_tree(
-    name: str, description: str, tags: dict[str, str]
-) -> None:
+def test_hostile_text_cannot_change_the_element_tree(name: str, description: str, tags: dict[str, str]) -> None:
     spec = kernel_spec(name=name, description=description, tags=tags)
     hostile, plain = build_domain(spec), build_domain(plain_twin(spec))
     assert list(shape(tree(hostile))) == list(shape(tree(plain)))
@@ -509,8 +498,7 @@ def test_hostile_text_round_trips_exactly(name: str, description: str, tags: dic
     assert (root.findtext("description") or "") == description
     assert root.findtext("metadata/nebula:instance/nebula:name", namespaces=NS) == name
     assert {
-        t.get("key"): t.text or ""
-        for t in root.iterfind("metadata/nebula:instance/nebula:tags/nebula:tag", NS)
+        t.get("key"): t.text or "" for t in root.iterfind("metadata/nebula:instance/nebula:tags/nebula:tag", NS)
     } == tags
     assert GuestDomain.from_xml(domain.to_xml()) == domain
 
@@ -536,9 +524,7 @@ def test_carriage_returns_survive_as_character_references() -> None:
 
 @settings(max_examples=50, deadline=None)
 @given(name=nonempty_xml_text, description=xml_text, tags=tag_dicts)
-def test_libvirt_keeps_hostile_metadata_verbatim(
-    conn, name: str, description: str, tags: dict[str, str]
-) -> None:
+def test_libvirt_keeps_hostile_metadata_verbatim(conn, name: str, description: str, tags: dict[str, str]) -> None:
     """libvirt writes a CR inside `<description>` literally, so there (only) a reader sees
     CR and CRLF as LF; `<metadata>` comes back exactly."""
     domain = build_domain(kernel_spec(name=name, description=description, tags=tags))
@@ -555,9 +541,7 @@ def test_libvirt_keeps_hostile_metadata_verbatim(
     bad=st.sampled_from(UNREPRESENTABLE),
     after=xml_text,
 )
-def test_text_xml_cannot_carry_is_rejected_naming_the_field(
-    field: str, before: str, bad: str, after: str
-) -> None:
+def test_text_xml_cannot_carry_is_rejected_naming_the_field(field: str, before: str, bad: str, after: str) -> None:
     text = before + bad + after
     changes, path = {
         "name": ({"name": text}, "$.name"),

@@ -13,10 +13,11 @@ import msgspec
 import pytest
 
 from nebula_core.config import Settings
+from nebula_core.contract.errors import Invalid
 from nebula_core.contract.types import Resources
-from nebula_core.errors import Invalid
 from nebula_node.agent import node_capacity
-from nebula_node.domain_xml import (
+from nebula_node.heartbeat import heartbeat_subject, heartbeat_ttl
+from nebula_node.libvirt.domain_xml import (
     AttachedDisk,
     GuestInterface,
     GuestOS,
@@ -24,7 +25,7 @@ from nebula_node.domain_xml import (
     KernelBoot,
     build_domain,
 )
-from nebula_node.driver import (
+from nebula_node.libvirt.driver import (
     KernelManifest,
     choose_domain_type,
     describe_event,
@@ -33,7 +34,6 @@ from nebula_node.driver import (
     manifest_artifact,
     spec_differences,
 )
-from nebula_node.heartbeat import heartbeat_subject, heartbeat_ttl
 from nebula_node.reports import InstanceLocks
 from nebula_node.sim import simulated_host_xml
 
@@ -71,7 +71,9 @@ def test_an_event_of_a_nebula_domain_says_what_happened() -> None:
 
 
 def test_a_guest_shutting_itself_down_is_told_apart_from_a_crash() -> None:
-    shutdown = describe_event(str(INSTANCE), libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN)
+    shutdown = describe_event(
+        str(INSTANCE), libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN
+    )
     crash = describe_event(str(INSTANCE), libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED)
 
     assert shutdown is not None and shutdown.reason == "the guest shut down"

@@ -17,10 +17,10 @@ import libvirt
 import msgspec
 import pytest
 
+from nebula_core.contract.errors import Conflict, NotFound
 from nebula_core.contract.node import CreateRequest, ImageSpec
 from nebula_core.contract.types import Resources
-from nebula_core.errors import Conflict, NotFound
-from nebula_node.domain_xml import (
+from nebula_node.libvirt.domain_xml import (
     GuestDisk,
     GuestDomain,
     GuestInterface,
@@ -29,7 +29,7 @@ from nebula_node.domain_xml import (
     KernelBoot,
     build_domain,
 )
-from nebula_node.driver import DomainEvent, LibvirtDriver
+from nebula_node.libvirt.driver import DomainEvent, LibvirtDriver
 from nebula_node.sim import simulated_host_uri
 from tests.support import eventually
 
@@ -50,14 +50,23 @@ def tiny_image(tmp_path: Path) -> ImageSpec:
     for name, data in files.items():
         (source / name).write_bytes(data)
     manifest = {
-        "name": "nebula-tiny", "format": "direct-kernel", "kernel": "vmlinuz", "initrd": "initrd.img",
+        "name": "nebula-tiny",
+        "format": "direct-kernel",
+        "kernel": "vmlinuz",
+        "initrd": "initrd.img",
         "cmdline": "console=ttyS0 quiet",
         "files": {name: {"sha256": sha256(data), "size": len(data)} for name, data in files.items()},
     }
     data = json.dumps(manifest).encode()
     (source / "manifest.json").write_bytes(data)
-    return ImageSpec(id=uuid.uuid4(), name="nebula-tiny", format="direct-kernel",
-                     source=str(source / "manifest.json"), sha256=sha256(data), size=len(data))
+    return ImageSpec(
+        id=uuid.uuid4(),
+        name="nebula-tiny",
+        format="direct-kernel",
+        source=str(source / "manifest.json"),
+        sha256=sha256(data),
+        size=len(data),
+    )
 
 
 @pytest.fixture
@@ -66,8 +75,9 @@ def cloud_image(tmp_path: Path) -> ImageSpec:
     path.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(path), "64M"], check=True)
     data = path.read_bytes()
-    return ImageSpec(id=uuid.uuid4(), name="base", format="qcow2", source=f"file://{path}", sha256=sha256(data),
-                     size=len(data))
+    return ImageSpec(
+        id=uuid.uuid4(), name="base", format="qcow2", source=f"file://{path}", sha256=sha256(data), size=len(data)
+    )
 
 
 @pytest.fixture
@@ -81,8 +91,15 @@ async def driver(tmp_path: Path) -> AsyncIterator[LibvirtDriver]:
 
 def request(image: ImageSpec, **changes: object) -> CreateRequest:
     base = CreateRequest(
-        instance_id=uuid.UUID("0b8c4c8e-5d7e-4b59-9a61-3f1a2b3c4d5e"), project_id=uuid.uuid4(), name="web-1",
-        tags={"team": "infra"}, vcpus=2, ram_mb=256, disk_gb=2, image=image, seed=SEED,
+        instance_id=uuid.UUID("0b8c4c8e-5d7e-4b59-9a61-3f1a2b3c4d5e"),
+        project_id=uuid.uuid4(),
+        name="web-1",
+        tags={"team": "infra"},
+        vcpus=2,
+        ram_mb=256,
+        disk_gb=2,
+        image=image,
+        seed=SEED,
     )
     return msgspec.structs.replace(base, **changes)
 
@@ -216,7 +233,9 @@ async def test_every_lifecycle_event_reaches_the_listener_on_the_event_loop(tmp_
 
         await eventually(destroyed_seen)
         assert _reasons(seen, req.instance_id) == [
-            "the domain was defined", "the domain was started", "the domain was destroyed"
+            "the domain was defined",
+            "the domain was started",
+            "the domain was destroyed",
         ]
         assert {e.instance_id for e in seen} == {req.instance_id}
     finally:
@@ -262,13 +281,24 @@ async def test_domains_another_agent_or_a_tool_made_on_the_host_are_never_touche
     try:
         for d, req in zip(drivers, (ours, twins, others), strict=True):
             assert await d.create(req) == "running"
-        tool.defineXML(f"<domain type='test'><name>{foreign}</name><memory>1024</memory>"
-                       "<os><type>hvm</type></os></domain>").create()
+        tool.defineXML(
+            f"<domain type='test'><name>{foreign}</name><memory>1024</memory><os><type>hvm</type></os></domain>"
+        ).create()
         # A domain from before owners were written: this node's if its files are in its home.
-        tool.defineXML(build_domain(GuestSpec(
-            instance_id=legacy, project_id=uuid.uuid4(), name="old", vcpus=1, ram_mb=128, domain_type="qemu",
-            kernel=KernelBoot(kernel="/cache/vmlinuz"), console_log=f"{mine.owner[1]}/{legacy}/console.log",
-        )).to_xml())
+        tool.defineXML(
+            build_domain(
+                GuestSpec(
+                    instance_id=legacy,
+                    project_id=uuid.uuid4(),
+                    name="old",
+                    vcpus=1,
+                    ram_mb=128,
+                    domain_type="qemu",
+                    kernel=KernelBoot(kernel="/cache/vmlinuz"),
+                    console_log=f"{mine.owner[1]}/{legacy}/console.log",
+                )
+            ).to_xml()
+        )
 
         assert await mine.domains() == {ours.instance_id: "running", legacy: "shutoff"}
         assert await twin.domains() == {twins.instance_id: "running"}

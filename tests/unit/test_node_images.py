@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import socket
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -14,8 +15,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
-
-import uuid
 
 from nebula_core.contract.node import ImageSpec
 from nebula_node.images import (
@@ -280,12 +279,8 @@ async def test_size_zero_means_unknown_and_only_the_sha256_is_checked(cache, loc
     assert cached.size == len(IMAGE)
 
 
-@pytest.mark.parametrize(
-    "sha256", ["../../etc/passwd", IMAGE_SHA.upper(), IMAGE_SHA[:-1], IMAGE_SHA + "0", ""]
-)
-async def test_anything_but_a_lowercase_hex_sha256_is_rejected_before_any_io(
-    cache, local_image, sha256
-):
+@pytest.mark.parametrize("sha256", ["../../etc/passwd", IMAGE_SHA.upper(), IMAGE_SHA[:-1], IMAGE_SHA + "0", ""])
+async def test_anything_but_a_lowercase_hex_sha256_is_rejected_before_any_io(cache, local_image, sha256):
     with pytest.raises(ValueError, match="sha256"):
         await cache.ensure(ImageArtifact(sha256, str(local_image)))
     with pytest.raises(ValueError, match="sha256"):

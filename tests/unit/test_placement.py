@@ -11,8 +11,18 @@ from nebula_core.domain.node import shortfall
 from nebula_core.orchestrator.placement import Candidate, NoValidHost, rank
 
 
-def node(node_id: str, *, region: str = "r1", live: bool = True, vcpus: int = 8, ram_mb: int = 8192,
-         disk_gb: int = 100, used_vcpus: int = 0, used_ram: int = 0, used_disk: int = 0) -> Candidate:
+def node(
+    node_id: str,
+    *,
+    region: str = "r1",
+    live: bool = True,
+    vcpus: int = 8,
+    ram_mb: int = 8192,
+    disk_gb: int = 100,
+    used_vcpus: int = 0,
+    used_ram: int = 0,
+    used_disk: int = 0,
+) -> Candidate:
     usable = Resources(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb)
     free = Resources(vcpus=vcpus - used_vcpus, ram_mb=ram_mb - used_ram, disk_gb=disk_gb - used_disk)
     return Candidate(node_id=node_id, region=region, live=live, usable=usable, free=free)
@@ -77,8 +87,10 @@ resources = st.builds(Resources, vcpus=st.integers(0, 16), ram_mb=st.integers(0,
 )
 def test_every_ranked_node_fits_and_a_refusal_means_none_did(frees, want, strategy) -> None:  # type: ignore[no-untyped-def]
     usable = Resources(vcpus=16, ram_mb=16384, disk_gb=200)
-    nodes = [Candidate(node_id=f"n{i}", region=region, live=live, usable=usable, free=free)
-             for i, (free, live, region) in enumerate(frees)]
+    nodes = [
+        Candidate(node_id=f"n{i}", region=region, live=live, usable=usable, free=free)
+        for i, (free, live, region) in enumerate(frees)
+    ]
     fitting = {n.node_id for n in nodes if n.region == "r1" and n.live and not shortfall(n.free, want)}
     try:
         ranked = rank(nodes, want=want, region="r1", strategy=strategy)

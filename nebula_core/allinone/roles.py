@@ -8,8 +8,8 @@ import json
 import typer
 
 from nebula_core import config
-from nebula_core.cli.admin import run
-from nebula_core.runtime import connections, run_role
+from nebula_core.allinone.commands import run
+from nebula_core.allinone.runtime import connections, run_role
 
 
 def node_agent() -> None:
@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def projector() -> None:
         """Project the event stream into the Postgres read models (run one or more)."""
-        from nebula_core.projector import Projector
+        from nebula_core.projections.projector import Projector
 
         settings = config.load()
 
@@ -69,8 +69,9 @@ def register(app: typer.Typer) -> None:
         ram_mb: int = typer.Option(131072, "--ram-mb", min=64, help="RAM per node, MiB."),
         disk_gb: int = typer.Option(2000, "--disk-gb", min=1, help="Disk per node, GiB."),
         prefix: str = typer.Option("sim", help="Node ids are <prefix>-0001, <prefix>-0002, ..."),
-        create_delay: float = typer.Option(0.0, "--create-delay", min=0.0,
-                                           help="Seconds each create takes, standing for an image fetch."),
+        create_delay: float = typer.Option(
+            0.0, "--create-delay", min=0.0, help="Seconds each create takes, standing for an image fetch."
+        ),
     ) -> None:
         """Simulate a fleet of compute nodes on libvirt's test driver: real agents on real NATS, no guests."""
         from nebula_core.contract.types import Resources
@@ -78,15 +79,19 @@ def register(app: typer.Typer) -> None:
 
         settings = config.load()
         capacity = Resources(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb)
-        run_role("sim", lambda stop: run_sim(settings, nodes, stop, capacity=capacity, region=region,
-                                             name_prefix=prefix, create_delay=create_delay))
+        run_role(
+            "sim",
+            lambda stop: run_sim(
+                settings, nodes, stop, capacity=capacity, region=region, name_prefix=prefix, create_delay=create_delay
+            ),
+        )
 
     @app.command()
     def replay(
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     ) -> None:
         """Rebuild every read model from the first event of the stream."""
-        from nebula_core.projector import replay as rebuild
+        from nebula_core.projections.projector import replay as rebuild
 
         settings = config.load()
 

@@ -1,4 +1,4 @@
-"""The JetStream topology of DESIGN.md, declared once and applied idempotently.
+"""`nebula init`: the JetStream topology and the Postgres migrations, applied idempotently.
 
 `apply()` creates what is missing and leaves what matches alone, so running
 `nebula init` twice changes nothing. Where the server already holds a stream,
@@ -11,115 +11,60 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    DiscardPolicy,
-    KeyValueConfig,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
+from nats.js.api import ConsumerConfig, KeyValueConfig, StreamConfig
 
-from nebula_core.contract import subjects
-from nebula_core.errors import TopologyConflict
-
-#: How long JetStream remembers a `Nats-Msg-Id` to drop a repeated publish.
-DUPLICATE_WINDOW_S = 300.0
-#: User-data is at most 64 KiB (DESIGN.md, enforced by the API). The bucket holds it as a
-#: JSON `InstanceSeed` with the token, where escaping can make a byte six (``\u0001``):
-#: the bucket's limit leaves room for the worst case and refuses anything beyond it.
-USERDATA_MAX_BYTES = 64 * 1024
-SEED_MAX_BYTES = 8 * USERDATA_MAX_BYTES
+from nebula_core import nats_client
+from nebula_core.config import Settings
+from nebula_core.contract import topology
+from nebula_core.contract.errors import TopologyConflict
+from nebula_core.contract.topology import Topology
+from nebula_core.projections import migrate
 
 
-@dataclass(frozen=True)
-class Topology:
-    streams: list[StreamConfig]
-    consumers: list[tuple[str, ConsumerConfig]]
-    buckets: list[KeyValueConfig]
-    notes: list[str] = field(default_factory=list)
+async def apply_topology(settings: Settings) -> list[str]:
+    nc = await nats_client.connect(settings.nats_url, name="nebula-init", once=True)
+    try:
+        declared = topology.declare(replicas=settings.nats_replicas, heartbeat_interval_s=settings.heartbeat_interval)
+        return await apply(nc.jetstream(), declared)
+    finally:
+        await nc.close()
 
 
-def declare(*, replicas: int = 1, heartbeat_interval_s: float = 5.0, command_ack_wait_s: float = 60.0) -> Topology:
-    """Nebula's streams, durable consumers and KV buckets for a cluster of `replicas`."""
-    events = StreamConfig(
-        name=subjects.EVENTS_STREAM,
-        description="Nebula's event log: every change of state, immutable",
-        subjects=[subjects.EVENTS_ALL],
-        retention=RetentionPolicy.LIMITS,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        deny_delete=True,
-        deny_purge=True,
-        duplicate_window=DUPLICATE_WINDOW_S,
-        allow_direct=True,
-        discard=DiscardPolicy.OLD,
-    )
-    commands = StreamConfig(
-        name=subjects.COMMANDS_STREAM,
-        description="Work for the orchestrators; a command is removed once acknowledged",
-        subjects=[subjects.COMMANDS_ALL],
-        retention=RetentionPolicy.WORK_QUEUE,
-        storage=StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=DUPLICATE_WINDOW_S,
-    )
-    projector = ConsumerConfig(
-        durable_name=subjects.PROJECTOR_CONSUMER,
-        description="Postgres read models; shared by every projector replica",
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=30.0,
-        max_ack_pending=10_000,
-        filter_subject=subjects.EVENTS_ALL,
-    )
-    orchestrator = ConsumerConfig(
-        durable_name=subjects.ORCHESTRATOR_CONSUMER,
-        description="Placement and lifecycle commands; shared by every orchestrator replica",
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        # An orchestrator extends the deadline while it works; this is how long a killed
-        # one's command waits before another replica gets it.
-        ack_wait=command_ack_wait_s,
-        max_ack_pending=1_000,
-        filter_subject=subjects.COMMANDS_ALL,
-    )
-    nodes = KeyValueConfig(
-        bucket=subjects.NODES_BUCKET,
-        description="Node heartbeats; a silent node's key expires",
-        history=1,
-        ttl=3 * heartbeat_interval_s,
-        storage=StorageType.FILE,
-        replicas=replicas,
-        # The server leaves a delete marker when a key ages out, so watchers are told.
-        limit_marker_ttl=max(60.0, 3 * heartbeat_interval_s),
-    )
-    userdata = KeyValueConfig(
-        bucket=subjects.USERDATA_BUCKET,
-        description="Instance user-data, outside the immutable event log; purged on delete",
-        history=1,
-        max_value_size=SEED_MAX_BYTES,
-        storage=StorageType.FILE,
-        replicas=replicas,
-    )
-    return Topology(
-        streams=[events, commands],
-        consumers=[(subjects.EVENTS_STREAM, projector), (subjects.COMMANDS_STREAM, orchestrator)],
-        buckets=[nodes, userdata],
-    )
+async def apply_migrations(dsn: str) -> list[str]:
+    try:
+        conn = await asyncpg.connect(dsn, timeout=10)
+    except (OSError, asyncpg.PostgresError) as err:
+        raise ConnectionError(f"cannot reach Postgres: {err}") from err
+    try:
+        return await migrate.apply(conn)
+    finally:
+        await conn.close()
+
+
+async def initialize(settings: Settings) -> list[str]:
+    """Topology then migrations; returns what each step did, one line per object."""
+    if not settings.pg_dsn:
+        raise ValueError("no Postgres: set NEBULA_PG_DSN (or use `nebula up`, which embeds one)")
+    return [*await apply_topology(settings), *await apply_migrations(settings.pg_dsn)]
 
 
 # Fields compared between the declaration and the server, per kind of object.
 _STREAM_FIELDS = (
-    "subjects", "retention", "storage", "num_replicas", "deny_delete", "deny_purge",
-    "duplicate_window", "allow_direct", "max_age", "max_msgs_per_subject",
+    "subjects",
+    "retention",
+    "storage",
+    "num_replicas",
+    "deny_delete",
+    "deny_purge",
+    "duplicate_window",
+    "allow_direct",
+    "max_age",
+    "max_msgs_per_subject",
 )
 _CONSUMER_FIELDS = ("deliver_policy", "ack_policy", "ack_wait", "max_ack_pending", "filter_subject")
 

@@ -1,6 +1,6 @@
 """Boot nebula-tiny under libvirt/QEMU (TCG) for real, along the node agent's own path.
 
-    .venv/bin/python ops/guest/smoke.py [--runs N] [--state-dir DIR] [--keep]
+    .venv/bin/python -m nebula_core.devtools.guest_smoke [--runs N] [--state-dir DIR] [--keep]
 
 Needs root (qemu:///system). First runs ops/host/libvirt-up.sh (libvirtd up, the state
 dir reachable by QEMU's user) and ops/guest/build-tiny.sh (the image, if not current).
@@ -9,7 +9,7 @@ Then, per run, exactly what a node agent does with the project's own pieces:
 * kernel and initrd into the node's image cache by sha256 (`nebula_node.images.ImageCache`);
 * a blank 1 GiB data disk and the console log path under ``<state>/instances/<id>/``
   (`nebula_node.disks.InstanceDisks`);
-* the domain from `nebula_node.domain_xml.build_domain` (direct kernel boot, the data disk,
+* the domain from `nebula_node.libvirt.domain_xml.build_domain` (direct kernel boot, the data disk,
   user-mode networking, the seed in the SMBIOS serial, the serial console logged to a
   file, type='qemu'), defined and started with libvirt-python;
 * a throwaway NoCloud seed served by aiohttp on 127.0.0.1:<free port>, which the guest
@@ -45,12 +45,11 @@ import libvirt
 import msgspec
 from aiohttp import web
 
+from nebula_core.allinone.opsfiles import ops_path
 from nebula_node.disks import InstanceDisks
-from nebula_node.domain_xml import AttachedDisk, GuestSpec, KernelBoot, build_domain
 from nebula_node.images import ImageCache
+from nebula_node.libvirt.domain_xml import AttachedDisk, GuestSpec, KernelBoot, build_domain
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 URI = "qemu:///system"
 #: What the guest calls the host's loopback under QEMU's user-mode networking.
 GUEST_HOST_ADDR = "10.0.2.2"
@@ -240,8 +239,9 @@ class Run:
         """Wait for this boot's nonce on the console, then for phone-home number `count`;
         returns when each was seen (the nonce to within the 0.2 s polling interval)."""
         deadline = since + BOOT_DEADLINE
-        nonce_at = await poll(f"{self.seed.nonce} between the user-data markers on the console",
-                              self.nonce_on_console, deadline)
+        nonce_at = await poll(
+            f"{self.seed.nonce} between the user-data markers on the console", self.nonce_on_console, deadline
+        )
         at = await self.seed.wait_phone_home(count, deadline)
         form = self.seed.phone_homes[count - 1][1]
         if form.get("instance_id") != str(self.seed.instance_id) or form.get("hostname") != HOSTNAME:
@@ -290,8 +290,9 @@ class Run:
         """dom.shutdown(): the power button, acpid, the guest's graceful poweroff."""
         t1 = time.monotonic()
         await asyncio.to_thread(self.dom.shutdown)
-        done = await poll("shutoff after dom.shutdown()",
-                          lambda: self.state() == libvirt.VIR_DOMAIN_SHUTOFF, t1 + SHUTDOWN_DEADLINE)
+        done = await poll(
+            "shutoff after dom.shutdown()", lambda: self.state() == libvirt.VIR_DOMAIN_SHUTOFF, t1 + SHUTDOWN_DEADLINE
+        )
         self.timings.shutdown_to_shutoff = done - t1
         if "NEBULA-POWEROFF" not in self.console():
             raise SmokeFailed("shut off, but not by the guest's own poweroff")
@@ -353,8 +354,8 @@ class Run:
 
 def setup(state: Path, image_dir: Path) -> None:
     """libvirtd up and the state dir reachable by QEMU; the image built if not current."""
-    subprocess.run(["sh", str(REPO / "ops/host/libvirt-up.sh"), str(state)], check=True)
-    subprocess.run(["sh", str(HERE / "build-tiny.sh"), str(image_dir)], check=True)
+    subprocess.run(["sh", str(ops_path("host", "libvirt-up.sh")), str(state)], check=True)
+    subprocess.run(["sh", str(ops_path("guest", "build-tiny.sh")), str(image_dir)], check=True)
 
 
 def median_line(label: str, values: list[float]) -> str:
@@ -378,8 +379,7 @@ async def smoke(state: Path, image_dir: Path, runs: int, keep: bool) -> bool:
                 print(f"  FAIL: {exc}")
                 continue
             results.append(t)
-            print("  PASS: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}s"
-                                          for k, v in dataclasses.asdict(t).items()))
+            print("  PASS: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}s" for k, v in dataclasses.asdict(t).items()))
     finally:
         conn.close()
     if results:
@@ -392,8 +392,7 @@ async def smoke(state: Path, image_dir: Path, runs: int, keep: bool) -> bool:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--state-dir", type=Path,
-                    default=Path(os.environ.get("NEBULA_STATE_DIR") or REPO / ".state"))
+    ap.add_argument("--state-dir", type=Path, default=Path(os.environ.get("NEBULA_STATE_DIR") or ".state"))
     ap.add_argument("--keep", action="store_true", help="keep the instance directory (console log, disk)")
     args = ap.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # in order with the setup scripts' output

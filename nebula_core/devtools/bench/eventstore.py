@@ -1,6 +1,6 @@
 """Benchmark: the event store on a real nats-server — append and load, by history length.
 
-    .venv/bin/python -m nebula_ops.bench.eventstore [--rounds 30]
+    .venv/bin/python -m nebula_core.devtools.bench.eventstore [--rounds 30]
 
 Prints medians and ratios (this machine is shared and noisy: compare ratios, not times).
 """
@@ -16,12 +16,13 @@ from pathlib import Path
 
 import nats
 
+from nebula_core.allinone import init
+from nebula_core.allinone.embedded import NatsServer
+from nebula_core.contract import topology
 from nebula_core.contract.types import Quotas
 from nebula_core.domain import AGGREGATES, Project
 from nebula_core.domain.codec import Codec
-from nebula_core.embedded import NatsServer
 from nebula_core.eventstore import EventStore
-from nebula_ops import topology
 
 
 async def _timed(fn, rounds: int) -> float:  # type: ignore[no-untyped-def]
@@ -39,7 +40,7 @@ async def main(rounds: int) -> None:
         try:
             nc = await nats.connect(server.url)
             js = nc.jetstream()
-            await topology.apply(js, topology.declare())
+            await init.apply(js, topology.declare())
             store = EventStore(js, Codec(*AGGREGATES))
 
             async def create() -> None:
@@ -67,8 +68,10 @@ async def main(rounds: int) -> None:
     print(f"append, new aggregate:            median {append_new * 1e3:.2f} ms")
     print(f"append, known position (cached):  median {append_cached * 1e3:.2f} ms")
     for length, median in lengths.items():
-        print(f"load, {length:>4} events:               median {median * 1e3:.2f} ms"
-              f"  ({median / lengths[1]:.1f}x one event)")
+        print(
+            f"load, {length:>4} events:               median {median * 1e3:.2f} ms"
+            f"  ({median / lengths[1]:.1f}x one event)"
+        )
 
 
 if __name__ == "__main__":

@@ -63,10 +63,14 @@ class NatsServer:
         args = [
             nats_server_binary(),
             "--jetstream",
-            "--store_dir", str(self.store_dir),
-            "--addr", self.host,
-            "--port", str(self.port),
-            "--log", str(self.log_path),
+            "--store_dir",
+            str(self.store_dir),
+            "--addr",
+            self.host,
+            "--port",
+            str(self.port),
+            "--log",
+            str(self.log_path),
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.host, self.port, proc=self.proc)

@@ -1,6 +1,6 @@
 """Benchmark: from the API's accept to QEMU started and to phone-home, booting nebula-tiny.
 
-    .venv/bin/python -m nebula_ops.bench.boot [--runs 3] [--state-dir .state]
+    .venv/bin/python -m nebula_core.devtools.bench.boot [--runs 3] [--state-dir .state]
 
 As root. Runs the whole stack in this process, as `nebula up` would in separate ones: an
 embedded nats-server and Postgres, the API, projector, metadata service, orchestrator and
@@ -33,15 +33,16 @@ from datetime import datetime
 from pathlib import Path
 
 import aiohttp
-import nebula_ops
 
-from nebula_core import config, provision
+from nebula_core import config
+from nebula_core.allinone import provision
+from nebula_core.allinone.embedded import NatsServer, Postgres, free_port
+from nebula_core.allinone.init import initialize
+from nebula_core.allinone.opsfiles import ops_path
+from nebula_core.allinone.runtime import connections, setup_logging
 from nebula_core.api.app import serve as serve_api
-from nebula_core.embedded import NatsServer, Postgres, free_port
-from nebula_core.initialize import initialize
 from nebula_core.orchestrator.service import run as run_orchestrator
-from nebula_core.projector import Projector
-from nebula_core.runtime import connections, setup_logging
+from nebula_core.projections.projector import Projector
 from nebula_meta.app import serve as serve_meta
 from nebula_node.agent import run as run_node
 
@@ -63,14 +64,24 @@ async def stack(state: Path) -> AsyncIterator[provision.ApiSession]:
         postgres = Postgres(Path(tmp) / "pg").start()
         api_port, meta_port = free_port(), free_port()
         settings = config.load(
-            {}, nats_url=nats.url, pg_dsn=postgres.dsn, admin_token=secrets.token_urlsafe(24),
-            api_listen=f"127.0.0.1:{api_port}", meta_listen=f"127.0.0.1:{meta_port}",
-            meta_url=f"http://10.0.2.2:{meta_port}", state_dir=str(state), libvirt_uri="qemu:///system",
+            {},
+            nats_url=nats.url,
+            pg_dsn=postgres.dsn,
+            admin_token=secrets.token_urlsafe(24),
+            api_listen=f"127.0.0.1:{api_port}",
+            meta_listen=f"127.0.0.1:{meta_port}",
+            meta_url=f"http://10.0.2.2:{meta_port}",
+            state_dir=str(state),
+            libvirt_uri="qemu:///system",
             node_id="bench-node",
         )
         stop = asyncio.Event()
         roles: list[Callable[[config.Settings, asyncio.Event], Awaitable[None]]] = [
-            serve_api, serve_meta, _projector, run_orchestrator, run_node,
+            serve_api,
+            serve_meta,
+            _projector,
+            run_orchestrator,
+            run_node,
         ]
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -104,10 +115,19 @@ async def _until_answers(api: provision.ApiSession, tasks: list[asyncio.Task[Non
 async def one_boot(api: provision.ApiSession, project_id: str) -> tuple[float, float, float]:
     """Create, wait for phone-home, delete: the run's three times in seconds."""
     nonce = secrets.token_hex(6)
-    created = await api.call("POST", "/v1/instances", {
-        "project_id": project_id, "name": f"bench-{nonce}", "vcpus": 1, "ram_mb": 256, "disk_gb": 1,
-        "image": provision.TINY, "user_data": f"#!/bin/sh\necho nonce-{nonce}\n",
-    })
+    created = await api.call(
+        "POST",
+        "/v1/instances",
+        {
+            "project_id": project_id,
+            "name": f"bench-{nonce}",
+            "vcpus": 1,
+            "ram_mb": 256,
+            "disk_gb": 1,
+            "image": provision.TINY,
+            "user_data": f"#!/bin/sh\necho nonce-{nonce}\n",
+        },
+    )
     accepted, path = time.monotonic(), f"/v1/instances/{created['id']}"
     try:
         while not (now := await api.call("GET", path))["booted_at"]:
@@ -147,12 +167,16 @@ async def bench(runs: int, state: Path) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--state-dir", type=Path, default=Path(".state"),
-                    help="the node's images/ and instances/; nebula-tiny is built into images/nebula-tiny")
+    ap.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(".state"),
+        help="the node's images/ and instances/; nebula-tiny is built into images/nebula-tiny",
+    )
     args = ap.parse_args()
     state = args.state_dir.resolve()
     setup_logging("bench", logging.WARNING)
-    up = Path(nebula_ops.__file__).parent / "host" / "libvirt-up.sh"
+    up = ops_path("host", "libvirt-up.sh")
     subprocess.run(["sh", str(up), str(state)], check=True)
     asyncio.run(bench(args.runs, state))
     return 0

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from nebula_core.contract.limits import USER_DATA_MAX_BYTES
 from nebula_core.contract.types import ImageFormat, InstanceState, Quotas, Role
 
 # No control characters but tab and newlines: they could not reach libvirt's XML.
@@ -16,8 +17,12 @@ _PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]*$"
 
 Name = Annotated[
     str,
-    msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-                 description="Letters, digits, '.', '_' and '-'; starts with a letter or digit"),
+    msgspec.Meta(
+        min_length=1,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Letters, digits, '.', '_' and '-'; starts with a letter or digit",
+    ),
 ]
 Description = Annotated[str, msgspec.Meta(max_length=1024, pattern=_PRINTABLE)]
 TagKey = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")]
@@ -27,7 +32,6 @@ Region = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 
 #: User-data is at most 64 KiB of UTF-8 (checked in bytes by the handler as well).
-USER_DATA_MAX_BYTES = 64 * 1024
 
 
 class Body(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 
-import nebula_ops
+from nebula_core.allinone.opsfiles import ops_path
 
 TINY = "nebula-tiny"
-BUILDER = Path(nebula_ops.__file__).parent / "guest" / "build-tiny.sh"
+BUILDER = ops_path("guest", "build-tiny.sh")
 
 
 class ApiSession:
@@ -65,10 +65,17 @@ async def ensure_tiny_image(api: ApiSession, images_dir: Path, say: Callable[[st
             return str(image["id"])
         if image["name"] == TINY:
             await api.call("DELETE", f"/v1/images/{image['id']}")  # rebuilt: replace it
-    created = await api.call("POST", "/v1/images", {
-        "name": TINY, "format": "direct-kernel", "source": str(manifest.resolve()),
-        "sha256": digest, "size": len(data),
-    })
+    created = await api.call(
+        "POST",
+        "/v1/images",
+        {
+            "name": TINY,
+            "format": "direct-kernel",
+            "source": str(manifest.resolve()),
+            "sha256": digest,
+            "size": len(data),
+        },
+    )
     say(f"registered image {TINY} ({json.loads(data).get('kernel_version', '?')})")
     return str(created["id"])
 
@@ -95,10 +102,19 @@ async def demo(api: ApiSession, say: Callable[[str], None], *, simulated: bool, 
     if project is None:
         project = await api.call("POST", "/v1/projects", {"name": "demo", "description": "made by nebula up --demo"})
     nonce = secrets.token_hex(8)
-    instance = await api.call("POST", "/v1/instances", {
-        "project_id": project["id"], "name": f"demo-{nonce[:6]}", "vcpus": 1, "ram_mb": 256, "disk_gb": 1,
-        "image": TINY, "user_data": f"#!/bin/sh\necho hello from nebula-tiny, nonce {nonce}\n",
-    })
+    instance = await api.call(
+        "POST",
+        "/v1/instances",
+        {
+            "project_id": project["id"],
+            "name": f"demo-{nonce[:6]}",
+            "vcpus": 1,
+            "ram_mb": 256,
+            "disk_gb": 1,
+            "image": TINY,
+            "user_data": f"#!/bin/sh\necho hello from nebula-tiny, nonce {nonce}\n",
+        },
+    )
     say(f"demo: instance {instance['name']} ({instance['id']}) created")
     deadline, seen = time.monotonic() + timeout, ""
     while time.monotonic() < deadline:

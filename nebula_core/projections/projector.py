@@ -26,28 +26,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import asyncpg
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
 from nebula_core.contract import subjects
-from nebula_core.contract.events import EVENT_TYPES, Event, decode_event
-from nebula_core.projections import HANDLERS, PROJECTION, TABLES
+from nebula_core.contract.events import Event, decode_known
+from nebula_core.projections.checkpoint import checkpoint, lock_checkpoint, save_checkpoint
+from nebula_core.projections.handlers import HANDLERS, TABLES
 
 log = logging.getLogger("nebula.projector")
-
-
-class _Tag(msgspec.Struct):
-    type: str
-
-
-def decode(data: bytes) -> Event | None:
-    """The event, or None for a type this version does not know (written by a newer one)."""
-    if msgspec.json.decode(data, type=_Tag).type not in EVENT_TYPES:
-        return None
-    return decode_event(data)
 
 
 @dataclass(frozen=True)
@@ -56,22 +45,6 @@ class BatchResult:
     #: Sequences that are done (applied now or before): acknowledge them.
     done: frozenset[int]
     checkpoint: int
-
-
-async def lock_checkpoint(conn: asyncpg.Connection) -> int:
-    """Lock the checkpoint row for this transaction and return it (creating it at 0)."""
-    await conn.execute(
-        "INSERT INTO projection_checkpoints (projection, last_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING", PROJECTION
-    )
-    return int(
-        await conn.fetchval("SELECT last_seq FROM projection_checkpoints WHERE projection = $1 FOR UPDATE", PROJECTION)
-    )
-
-
-async def _save_checkpoint(conn: asyncpg.Connection, seq: int) -> None:
-    await conn.execute(
-        "UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1", PROJECTION, seq
-    )
 
 
 async def _apply(conn: asyncpg.Connection, seq: int, event: Event | None) -> None:
@@ -116,14 +89,8 @@ async def apply_batch(
             done.add(seq)
             applied += 1
         if applied:
-            await _save_checkpoint(conn, last)
+            await save_checkpoint(conn, last)
     return BatchResult(applied, frozenset(done), last)
-
-
-async def checkpoint(pool: asyncpg.Pool | asyncpg.Connection) -> int:
-    """The last stream sequence the read models include."""
-    value = await pool.fetchval("SELECT last_seq FROM projection_checkpoints WHERE projection = $1", PROJECTION)
-    return int(value or 0)
 
 
 class Projector:
@@ -145,7 +112,7 @@ class Projector:
                 log.warning("event seq=%d is not in the stream", seq)
                 break
             assert raw.data is not None
-            found[seq] = decode(raw.data)
+            found[seq] = decode_known(raw.data)
         return found
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -171,7 +138,7 @@ class Projector:
             await replay(self._js, self._pool)
 
     async def _handle(self, messages: list) -> None:  # type: ignore[type-arg]
-        batch = [(m.metadata.sequence.stream, decode(m.data)) for m in messages]
+        batch = [(m.metadata.sequence.stream, decode_known(m.data)) for m in messages]
         async with self._pool.acquire() as conn:
             result = await apply_batch(conn, batch, self._fill)
         for message, (seq, _) in zip(messages, batch, strict=True):
@@ -191,10 +158,10 @@ async def replay(js: JetStreamContext, pool: asyncpg.Pool, *, batch_size: int = 
         await lock_checkpoint(conn)
         for table in TABLES:  # DELETE, not TRUNCATE: readers keep the old rows, unblocked, until the commit
             await conn.execute(f"DELETE FROM {table}")
-        await _save_checkpoint(conn, 0)
+        await save_checkpoint(conn, 0)
         if last:
             await _replay_into(js, conn, last, batch_size)
-        await _save_checkpoint(conn, last)
+        await save_checkpoint(conn, last)
     log.info("replayed read models up to seq=%d", last)
     return int(last)
 
@@ -211,7 +178,7 @@ async def _replay_into(js: JetStreamContext, conn: asyncpg.Connection, last: int
         while True:
             message = await sub.next_msg(timeout=10.0)
             seq = message.metadata.sequence.stream
-            await _apply(conn, seq, decode(message.data))
+            await _apply(conn, seq, decode_known(message.data))
             if seq >= last:
                 return
     finally:

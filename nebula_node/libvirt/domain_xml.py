@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Self, TypeVar
 
-from nebula_core.errors import Invalid, NebulaError
+from nebula_core.contract.errors import Invalid, NebulaError
 
 DomainType = Literal["kvm", "qemu"]
 DiskFormat = Literal["qcow2", "raw"]
@@ -485,9 +485,7 @@ class GuestRng(GuestDevice):
     @classmethod
     def _parse(cls, el: ET.Element) -> Self:
         backend = _find(el, "backend")
-        return cls(
-            model=_attr(el, "model"), backend_model=_attr(backend, "model"), backend_path=backend.text or ""
-        )
+        return cls(model=_attr(el, "model"), backend_model=_attr(backend, "model"), backend_path=backend.text or "")
 
 
 _DEVICE_TYPES: dict[str, type[GuestDevice]] = {
@@ -729,8 +727,13 @@ def build_domain(spec: GuestSpec) -> GuestDomain:
         uuid=spec.instance_id,
         title=re.sub(r"\r\n?|\n", " ", spec.name),
         description=spec.description or None,
-        metadata=GuestMetadata(project_id=spec.project_id, name=spec.name, tags=dict(spec.tags),
-                               owner_node=spec.owner_node, owner_home=spec.owner_home),
+        metadata=GuestMetadata(
+            project_id=spec.project_id,
+            name=spec.name,
+            tags=dict(spec.tags),
+            owner_node=spec.owner_node,
+            owner_home=spec.owner_home,
+        ),
         memory_mib=spec.ram_mb,
         vcpus=spec.vcpus,
         os=guest_os,

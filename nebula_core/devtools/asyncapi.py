@@ -26,8 +26,11 @@ SCHEMA_REF = "#/components/schemas/{name}"
 def _structs() -> list[type[msgspec.Struct]]:
     found: list[type[msgspec.Struct]] = [*events.EVENT_TYPES.values(), *commands.COMMAND_TYPES.values()]
     for module in (node, kv):
-        found += [v for v in vars(module).values()
-                  if isinstance(v, type) and issubclass(v, msgspec.Struct) and v.__module__ == module.__name__]
+        found += [
+            v
+            for v in vars(module).values()
+            if isinstance(v, type) and issubclass(v, msgspec.Struct) and v.__module__ == module.__name__
+        ]
     return found
 
 
@@ -82,11 +85,15 @@ def _published(broker: NatsBroker) -> None:
         )
     for verb, cls in commands.COMMAND_TYPES.items():
         broker.publisher(
-            subjects.command_subject(verb), schema=cls, title=f"commands/{verb}",
+            subjects.command_subject(verb),
+            schema=cls,
+            title=f"commands/{verb}",
             description=f"Stream {subjects.COMMANDS_STREAM} (work queue); Nats-Msg-Id=<command_id>.",
         )
     broker.publisher(
-        f"$KV.{subjects.NODES_BUCKET}.{{node_id}}", schema=kv.Heartbeat, title="kv/heartbeat",
+        f"$KV.{subjects.NODES_BUCKET}.{{node_id}}",
+        schema=kv.Heartbeat,
+        title="kv/heartbeat",
         description=f"Bucket {subjects.NODES_BUCKET}: a node agent's heartbeat, with a per-key TTL.",
     )
 
@@ -102,8 +109,12 @@ def document() -> dict[str, Any]:
     published = NatsBroker(settings.nats_url)
     _published(published)
     spec = AsyncAPI(
-        Orchestrator(settings).broker, documented_broker(settings), published,
-        title="Nebula", version="1", schema_version="3.0.0",
+        Orchestrator(settings).broker,
+        documented_broker(settings),
+        published,
+        title="Nebula",
+        version="1",
+        schema_version="3.0.0",
         description="Nebula's NATS contract: event and command streams, node request/reply, heartbeats.",
     )
     doc: dict[str, Any] = _show_refs(spec.to_specification().to_jsonable())

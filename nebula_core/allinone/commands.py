@@ -1,4 +1,4 @@
-"""Operators' subcommands: `init`, `schemas`, `up`."""
+"""Operators' subcommands: `init` and `up`; `fail` and `run`, how every operator's command ends."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from nebula_core import config
-from nebula_core.errors import NebulaError
+from nebula_core.contract.errors import NebulaError
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -25,7 +25,7 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         fail(err.message)
     except (ValueError, OSError, TimeoutError) as err:
         fail(str(err) or type(err).__name__)
-    except Exception as err:  # noqa: BLE001 — connection errors from nats/asyncpg have no common base
+    except Exception as err:
         if type(err).__module__.split(".")[0] in {"nats", "asyncpg"}:
             fail(f"{type(err).__name__}: {err}")
         raise
@@ -38,39 +38,24 @@ def register(app: typer.Typer) -> None:
         pg_dsn: str = typer.Option(None, help="Postgres DSN (default: NEBULA_PG_DSN)"),
     ) -> None:
         """Apply the JetStream topology and the Postgres migrations (idempotent)."""
-        from nebula_core.initialize import initialize
+        from nebula_core.allinone.init import initialize
 
         settings = config.load(nats_url=nats_url, pg_dsn=pg_dsn)
         for line in run(lambda: initialize(settings)):
             typer.echo(line)
 
     @app.command()
-    def schemas(
-        write: bool = typer.Option(False, "--write", help="Rewrite schemas/ from the code"),
-    ) -> None:
-        """Check (or with --write, regenerate) the published contract under schemas/."""
-        from nebula_core.contract import schemas as gen
-
-        if write:
-            changed = gen.write()
-            typer.echo("\n".join(changed) if changed else "schemas/ already up to date")
-            return
-        drift = gen.drift()
-        if drift:
-            typer.echo("\n".join(drift), err=True)
-            fail("schemas/ differs from the code: run `nebula schemas --write`")
-        typer.echo("schemas/ matches the code")
-
-    @app.command()
     def up(
         nats_url: str = typer.Option(None, help="Use this NATS instead of starting one"),
         pg_dsn: str = typer.Option(None, help="Use this Postgres instead of the embedded one"),
         state_dir: str = typer.Option(None, help="Where the embedded servers keep their data"),
-        libvirt_uri: str = typer.Option(None, help="The node agent's libvirt (default qemu:///system; test:///default simulates)"),
+        libvirt_uri: str = typer.Option(
+            None, help="The node agent's libvirt (default qemu:///system; test:///default simulates)"
+        ),
         demo: bool = typer.Option(False, "--demo", help="Also boot one nebula-tiny instance and print its console"),
     ) -> None:
         """Run a whole Nebula on this machine, in the foreground, until Ctrl-C."""
-        from nebula_core.up import AllInOne
+        from nebula_core.allinone.up import AllInOne
 
         settings = config.load(state_dir=state_dir)
         try:

@@ -36,11 +36,12 @@ from urllib.parse import urljoin
 import libvirt
 import msgspec
 
+from nebula_core.contract.errors import Conflict, Invalid, NebulaError, NodeUnavailable, NotFound
 from nebula_core.contract.node import CreateRequest, DomainState, ImageSpec
 from nebula_core.contract.types import Resources
-from nebula_core.errors import Conflict, Invalid, NebulaError, NodeUnavailable, NotFound
 from nebula_node import disks, images
-from nebula_node.domain_xml import (
+from nebula_node.libvirt.domain_xml import (
+    NEBULA_XMLNS,
     AttachedDisk,
     DomainType,
     GuestDisk,
@@ -50,7 +51,6 @@ from nebula_node.domain_xml import (
     GuestSpec,
     KernelBoot,
     MalformedDomainXML,
-    NEBULA_XMLNS,
     build_domain,
     metadata_owner,
 )
@@ -412,7 +412,13 @@ class LibvirtDriver:
     QEMU's user-mode networking, or a port on libvirt network `network` when it is named."""
 
     def __init__(
-        self, uri: str, media: GuestMedia, *, node_id: str, domain_type: DomainType = "qemu", disk_root: Path,
+        self,
+        uri: str,
+        media: GuestMedia,
+        *,
+        node_id: str,
+        domain_type: DomainType = "qemu",
+        disk_root: Path,
         network: str | None = None,
     ) -> None:
         self.uri = uri
@@ -431,8 +437,15 @@ class LibvirtDriver:
 
     @classmethod
     def for_node(
-        cls, uri: str, state_dir: Path, *, node_id: str, simulated: bool = False, kvm: bool = False,
-        fetch_delay: float = 0.0, network: str | None = None,
+        cls,
+        uri: str,
+        state_dir: Path,
+        *,
+        node_id: str,
+        simulated: bool = False,
+        kvm: bool = False,
+        fetch_delay: float = 0.0,
+        network: str | None = None,
     ) -> LibvirtDriver:
         """Node `node_id`'s driver, keeping images and disks under `state_dir` (see
         `Settings.images_dir`); `fetch_delay` applies to a simulated node only."""
@@ -442,8 +455,14 @@ class LibvirtDriver:
             media = SimulatedMedia(images_dir, instances_dir, fetch_delay=fetch_delay)
         else:
             media = LocalMedia(images.ImageCache(images_dir), disks.InstanceDisks(instances_dir))
-        return cls(uri, media, node_id=node_id, domain_type="qemu" if simulated else choose_domain_type(kvm),
-                   disk_root=instances_dir, network=network)
+        return cls(
+            uri,
+            media,
+            node_id=node_id,
+            domain_type="qemu" if simulated else choose_domain_type(kvm),
+            disk_root=instances_dir,
+            network=network,
+        )
 
     # --- connection --------------------------------------------------------------------
 
@@ -579,8 +598,9 @@ class LibvirtDriver:
         if existing is None:
             xml = wanted.to_xml()
             await self._lifecycle_call(lambda conn: conn.defineXML(xml))
-            log.info("instance=%s defined (%s, %d vCPU, %d MiB)", req.instance_id, self.domain_type, req.vcpus,
-                     req.ram_mb)
+            log.info(
+                "instance=%s defined (%s, %d vCPU, %d MiB)", req.instance_id, self.domain_type, req.vcpus, req.ram_mb
+            )
         if req.start:
             return await self.start(req.instance_id)
         return await self.status(req.instance_id)
@@ -627,8 +647,9 @@ class LibvirtDriver:
         if state == "shutoff":
             return state
         if state == "running" and grace_seconds > 0:
-            await self._lifecycle_call(lambda conn: _tolerate(
-                libvirt.VIR_ERR_OPERATION_INVALID, self._require(conn, instance_id).shutdown))
+            await self._lifecycle_call(
+                lambda conn: _tolerate(libvirt.VIR_ERR_OPERATION_INVALID, self._require(conn, instance_id).shutdown)
+            )
             loop = asyncio.get_running_loop()
             deadline = loop.time() + grace_seconds
             while (state := await self.status(instance_id)) not in ("shutoff", "missing"):
@@ -638,8 +659,9 @@ class LibvirtDriver:
             if state in ("shutoff", "missing"):
                 return state
             log.warning("instance=%s did not power off within %gs: destroying it", instance_id, grace_seconds)
-        await self._lifecycle_call(lambda conn: _tolerate(
-            libvirt.VIR_ERR_OPERATION_INVALID, self._require(conn, instance_id).destroy))
+        await self._lifecycle_call(
+            lambda conn: _tolerate(libvirt.VIR_ERR_OPERATION_INVALID, self._require(conn, instance_id).destroy)
+        )
         return await self.status(instance_id)
 
     async def reboot(self, instance_id: uuid.UUID) -> DomainState:
@@ -721,8 +743,10 @@ class LibvirtDriver:
         if dom is None:
             return None
         if not self._made(dom):
-            raise Conflict(f"a domain named {instance_id} exists on this host but this node agent did not make it;"
-                           " it is left alone")
+            raise Conflict(
+                f"a domain named {instance_id} exists on this host but this node agent did not make it;"
+                " it is left alone"
+            )
         return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
 
     async def _lifecycle_call(self, call: Callable[[libvirt.virConnect], T]) -> T:

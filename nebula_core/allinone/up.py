@@ -24,9 +24,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nebula_core import config
+from nebula_core.allinone.embedded import NatsServer, Postgres, nats_server_binary, wait_for_port
+from nebula_core.allinone.init import initialize
 from nebula_core.config import Settings
-from nebula_core.embedded import NatsServer, Postgres, nats_server_binary, wait_for_port
-from nebula_core.initialize import initialize
 from nebula_core.nats_client import redacted
 
 
@@ -98,7 +98,7 @@ class Supervisor:
                 child.proc.terminate()
                 try:
                     await asyncio.wait_for(child.proc.wait(), 15)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     child.proc.kill()
                     await child.proc.wait()
         for task in self._tasks:
@@ -123,7 +123,7 @@ def libvirt_answers(uri: str, timeout: float = 10.0) -> str | None:
         try:
             probe()
             result.append(None)
-        except BaseException as err:  # noqa: BLE001 — reported, not raised
+        except BaseException as err:
             result.append(err)
 
     worker = threading.Thread(target=run, daemon=True)
@@ -143,8 +143,15 @@ def cli_command() -> str:
 
 
 class AllInOne:
-    def __init__(self, settings: Settings, *, nats_url: str | None = None, pg_dsn: str | None = None,
-                 libvirt_uri: str | None = None, demo: bool = False) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        nats_url: str | None = None,
+        pg_dsn: str | None = None,
+        libvirt_uri: str | None = None,
+        demo: bool = False,
+    ) -> None:
         self.settings = settings
         self.libvirt_uri = libvirt_uri or settings.libvirt_uri
         self.demo = demo
@@ -172,8 +179,14 @@ class AllInOne:
         url = urlparse(self.settings.nats_url)
         server = NatsServer(self.state / "nats", port=url.port or 4222, host=url.hostname or "127.0.0.1")
         argv = [
-            nats_server_binary(), "--jetstream", "--store_dir", str(server.store_dir),
-            "--addr", server.host, "--port", str(server.port),
+            nats_server_binary(),
+            "--jetstream",
+            "--store_dir",
+            str(server.store_dir),
+            "--addr",
+            server.host,
+            "--port",
+            str(server.port),
         ]
         await self.supervisor.start(Child("nats-server", argv), ready=(server.host, server.port))
         return server.url
@@ -191,7 +204,7 @@ class AllInOne:
             "NEBULA_ADMIN_TOKEN": token,
             "NEBULA_STATE_DIR": str(self.state),
         }
-        nebula = [sys.executable, "-m", "nebula_core.cli"]
+        nebula = [sys.executable, "-m", "nebula_core"]
         await self.supervisor.start(Child("projector", [*nebula, "projector"], env))
         host, port = self.settings.meta_host_port
         await self.supervisor.start(Child("meta", [*nebula, "meta"], env), ready=(host, port))
@@ -274,13 +287,15 @@ class AllInOne:
                 conn = await asyncpg.connect(dsn, timeout=5)
                 await conn.close()
                 continue
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as err:
-                log(f"postgres is not answering ({err or type(err).__name__}); restarting it "
-                    f"(log: {self.state / 'postgres' / 'log'})")
+            except (TimeoutError, OSError, asyncpg.PostgresError) as err:
+                log(
+                    f"postgres is not answering ({err or type(err).__name__}); restarting it "
+                    f"(log: {self.state / 'postgres' / 'log'})"
+                )
             try:
                 await asyncio.to_thread(self.postgres.revive)
                 log("postgres restarted")
-            except Exception as err:  # noqa: BLE001 — reported, and tried again at the next round
+            except Exception as err:
                 log(f"postgres did not restart: {err}")
 
     def _banner(self, nats_url: str, pg_dsn: str, token: str) -> None:

@@ -1,0 +1,3 @@
+from nebula_core.main import main
+
+main()

@@ -1,3 +1,0 @@
-from nebula_core.cli import main
-
-main()
