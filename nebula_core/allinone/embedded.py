@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def nats_server_binary() -> str:
@@ -99,7 +100,7 @@ class Postgres:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = Path(data_dir)
-        self._server = None
+        self._server: Any = None  # pgserver.PostgresServer, imported late
 
     def start(self) -> Postgres:
         import pgserver  # imported late: it is only needed when no DSN is given

@@ -23,7 +23,7 @@ from nebula_core.config import Settings
 from nebula_core.contract import topology
 from nebula_core.contract.errors import TopologyConflict
 from nebula_core.contract.topology import Topology
-from nebula_core.projections import migrate
+from nebula_core.projections import database, migrate
 
 
 async def apply_topology(settings: Settings) -> list[str]:
@@ -37,7 +37,7 @@ async def apply_topology(settings: Settings) -> list[str]:
 
 async def apply_migrations(dsn: str) -> list[str]:
     try:
-        conn = await asyncpg.connect(dsn, timeout=10)
+        conn = await database.connect(dsn, timeout=10)
     except (OSError, asyncpg.PostgresError) as err:
         raise ConnectionError(f"cannot reach Postgres: {err}") from err
     try:

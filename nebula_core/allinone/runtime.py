@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 
 from nebula_core import nats_client
 from nebula_core.config import Settings
+from nebula_core.projections import database
 
 
 def setup_logging(role: str, level: int = logging.INFO) -> None:
@@ -45,7 +46,7 @@ async def connections(
         if postgres:
             if not settings.pg_dsn:
                 raise ValueError("no Postgres: set NEBULA_PG_DSN")
-            pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=10)
+            pool = await database.create_pool(settings.pg_dsn, min_size=1, max_size=10)
         yield nc, pool
     finally:
         if pool is not None:

@@ -228,20 +228,22 @@ class AllInOne:
 
     async def _provision(self, token: str) -> int:
         """Register nebula-tiny, and with --demo boot an instance; the demo's exit status."""
-        import aiohttp
+        from nebula_core.allinone import provision
+        from nebula_core.cli.client import Api, ApiError, Target, Unreachable
 
-        from nebula_core import provision
-
-        base = f"http://{self.settings.api_listen}"
-        async with aiohttp.ClientSession() as session:
-            api = provision.ApiSession(session, base, token)
+        target = Target(f"http://{self.settings.api_listen}", token, "nebula up")
+        async with Api(target) as api:
             try:
                 await provision.ensure_tiny_image(api, self.state / "images", log)
-            except (RuntimeError, OSError) as err:
+            except (RuntimeError, OSError, ApiError, Unreachable) as err:
                 log(f"the {provision.TINY} image is not available: {err}")
                 return 1
             if self.demo:
-                return await provision.demo(api, log, simulated=self.libvirt_uri.startswith("test:"))
+                try:
+                    return await provision.demo(api, log, simulated=self.libvirt_uri.startswith("test:"))
+                except (ApiError, Unreachable) as err:
+                    log(f"demo: {err}")
+                    return 1
         return 0
 
     async def run(self) -> None:

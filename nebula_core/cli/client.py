@@ -215,9 +215,11 @@ class Api:
         raw = await self.call("DELETE", path)
         return _decode(raw, into) if into is not None and raw else None
 
-    async def all(self, path: str, into: type[T], params: Mapping[str, Any] | list[tuple[str, str]] = ()) -> list[T]:
+    async def all(
+        self, path: str, into: type[T], params: Mapping[str, Any] | list[tuple[str, str]] | None = None
+    ) -> list[T]:
         """Every item of a list, following `next` from page to page."""
-        base = list(params.items()) if isinstance(params, Mapping) else list(params)
+        base = list(params.items()) if isinstance(params, Mapping) else list(params or [])
         items: list[T] = []
         cursor: str | None = None
         while True:

@@ -29,7 +29,7 @@ from nebula_core.contract.types import (
 )
 
 
-def _tag(cls: type) -> str:
+def _tag(cls: type[msgspec.Struct]) -> str:
     return str(cls.__struct_config__.tag)
 
 
@@ -231,7 +231,7 @@ def _all_event_types() -> tuple[type[Event], ...]:
 
 
 EVENT_TYPES: dict[str, type[Event]] = {_tag(t): t for t in _all_event_types()}
-AnyEvent = Union[tuple(EVENT_TYPES.values())]  # type: ignore[valid-type]
+AnyEvent = Union[tuple(EVENT_TYPES.values())]  # type: ignore[valid-type]  # noqa: UP007 — built at run time
 
 _decoder = msgspec.json.Decoder(AnyEvent)
 _encoder = msgspec.json.Encoder()
@@ -252,7 +252,7 @@ def encode_event(event: Event) -> bytes:
 
 
 def decode_event(data: bytes) -> Event:
-    return _decoder.decode(data)  # type: ignore[no-any-return]
+    return _decoder.decode(data)  # type: ignore[no-any-return,unused-ignore]
 
 
 class _Tag(msgspec.Struct):

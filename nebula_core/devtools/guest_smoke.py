@@ -152,7 +152,8 @@ async def serving(seed: Seed) -> AsyncIterator[str]:
 
 def userdata_blocks(console: str) -> list[list[str]]:
     """The lines between each NEBULA-USERDATA-BEGIN and the next NEBULA-USERDATA-END."""
-    blocks, current = [], None
+    blocks: list[list[str]] = []
+    current: list[str] | None = None
     for line in console.replace("\r", "").splitlines():
         if line == "NEBULA-USERDATA-BEGIN":
             current = []
@@ -209,7 +210,10 @@ class Timings:
 def qemu_user(name: str) -> str:
     """The user the domain's QEMU process runs as (from libvirt's pid file)."""
     pid = Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip()
-    uid = int(re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE).group(1))
+    found = re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    if found is None:
+        raise SmokeFailed(f"no Uid line in /proc/{pid}/status")
+    uid = int(found.group(1))
     return pwd.getpwuid(uid).pw_name
 
 
@@ -224,7 +228,7 @@ class Run:
         self.seed = Seed(instance_id=uuid.uuid4())
         self.console_log = self.disks.console_log_path(self.seed.instance_id)
         self.timings = Timings()
-        self.dom: libvirt.virDomain | None = None
+        self.dom: libvirt.virDomain = None  # defined by boot()
 
     def console(self) -> str:
         try:
@@ -395,7 +399,7 @@ def main() -> int:
     ap.add_argument("--state-dir", type=Path, default=Path(os.environ.get("NEBULA_STATE_DIR") or ".state"))
     ap.add_argument("--keep", action="store_true", help="keep the instance directory (console log, disk)")
     args = ap.parse_args()
-    sys.stdout.reconfigure(line_buffering=True)  # in order with the setup scripts' output
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # in order with the setup scripts' output
     state = args.state_dir.resolve()
     image_dir = state / "images" / "nebula-tiny"
     setup(state, image_dir)

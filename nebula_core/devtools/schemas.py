@@ -15,16 +15,16 @@ from nebula_core.contract.jsonschema import clean_descriptions
 
 
 def _schema(t: Any) -> dict[str, Any]:
-    return msgspec.json.schema(t)  # type: ignore[no-any-return]
+    return msgspec.json.schema(t)
 
 
 def message_types() -> dict[str, dict[str, Any]]:
     """Every message type by its file name under schemas/ (without `.json`)."""
     out: dict[str, Any] = {}
-    for tag, t in events.EVENT_TYPES.items():
-        out[f"events/{tag}"] = t
-    for tag, t in commands.COMMAND_TYPES.items():
-        out[f"commands/{tag}"] = t
+    for tag, event in events.EVENT_TYPES.items():
+        out[f"events/{tag}"] = event
+    for tag, command in commands.COMMAND_TYPES.items():
+        out[f"commands/{tag}"] = command
     for t in (
         node.CreateRequest,
         node.InstanceRequest,

@@ -28,11 +28,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-
-import aiohttp
+from typing import Any
 
 from nebula_core import config
 from nebula_core.allinone import provision
@@ -41,6 +40,8 @@ from nebula_core.allinone.init import initialize
 from nebula_core.allinone.opsfiles import ops_path
 from nebula_core.allinone.runtime import connections, setup_logging
 from nebula_core.api.app import serve as serve_api
+from nebula_core.cli.client import Api, ApiError, Target, Unreachable
+from nebula_core.contract import http as shapes
 from nebula_core.orchestrator.service import run as run_orchestrator
 from nebula_core.projections.projector import Projector
 from nebula_meta.app import serve as serve_meta
@@ -57,7 +58,7 @@ async def _projector(settings: config.Settings, stop: asyncio.Event) -> None:
 
 
 @contextlib.asynccontextmanager
-async def stack(state: Path) -> AsyncIterator[provision.ApiSession]:
+async def stack(state: Path) -> AsyncIterator[Api]:
     """Every role in this process on fresh servers; the API with the admin token."""
     with tempfile.TemporaryDirectory(prefix="nebula-bench-") as tmp:
         nats = NatsServer(Path(tmp) / "nats").start()
@@ -76,7 +77,7 @@ async def stack(state: Path) -> AsyncIterator[provision.ApiSession]:
             node_id="bench-node",
         )
         stop = asyncio.Event()
-        roles: list[Callable[[config.Settings, asyncio.Event], Awaitable[None]]] = [
+        roles: list[Callable[[config.Settings, asyncio.Event], Coroutine[Any, Any, None]]] = [
             serve_api,
             serve_meta,
             _projector,
@@ -87,8 +88,7 @@ async def stack(state: Path) -> AsyncIterator[provision.ApiSession]:
         try:
             await initialize(settings)
             tasks = [asyncio.create_task(role(settings, stop)) for role in roles]
-            async with aiohttp.ClientSession() as session:
-                api = provision.ApiSession(session, f"http://{settings.api_listen}", settings.admin_token)
+            async with Api(Target(f"http://{settings.api_listen}", settings.admin_token, "bench")) as api:
                 await _until_answers(api, tasks)
                 yield api
         finally:
@@ -98,69 +98,65 @@ async def stack(state: Path) -> AsyncIterator[provision.ApiSession]:
             nats.stop()
 
 
-async def _until_answers(api: provision.ApiSession, tasks: list[asyncio.Task[None]]) -> None:
+async def _until_answers(api: Api, tasks: list[asyncio.Task[None]]) -> None:
     """Wait for the API and for the node to have registered; a role that died is raised."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for task in tasks:
             if task.done():
                 task.result()
-        with contextlib.suppress(aiohttp.ClientError, RuntimeError):
-            if (await api.call("GET", "/v1/nodes"))["items"]:
+        with contextlib.suppress(ApiError, Unreachable):
+            if await api.all("/v1/nodes", shapes.Node):
                 return
         await asyncio.sleep(0.2)
     raise RuntimeError("the API or the node agent did not come up within 60 s")
 
 
-async def one_boot(api: provision.ApiSession, project_id: str) -> tuple[float, float, float]:
+async def one_boot(api: Api, project_id: uuid.UUID) -> tuple[float, float, float]:
     """Create, wait for phone-home, delete: the run's three times in seconds."""
     nonce = secrets.token_hex(6)
-    created = await api.call(
-        "POST",
-        "/v1/instances",
-        {
-            "project_id": project_id,
-            "name": f"bench-{nonce}",
-            "vcpus": 1,
-            "ram_mb": 256,
-            "disk_gb": 1,
-            "image": provision.TINY,
-            "user_data": f"#!/bin/sh\necho nonce-{nonce}\n",
-        },
+    wanted = shapes.InstanceCreate(
+        project_id=project_id,
+        name=f"bench-{nonce}",
+        vcpus=1,
+        ram_mb=256,
+        disk_gb=1,
+        image=provision.TINY,
+        user_data=f"#!/bin/sh\necho nonce-{nonce}\n",
     )
-    accepted, path = time.monotonic(), f"/v1/instances/{created['id']}"
+    created = await api.post("/v1/instances", wanted, shapes.Instance)
+    accepted, path = time.monotonic(), f"/v1/instances/{created.id}"
     try:
-        while not (now := await api.call("GET", path))["booted_at"]:
-            if now["state"] == "error":
-                raise RuntimeError(f"instance {created['id']} failed: {now['error']}")
+        while not (now := await api.get(path, shapes.Instance)).booted_at:
+            if now.state == "error":
+                raise RuntimeError(f"instance {created.id} failed: {now.error}")
             if time.monotonic() - accepted > BOOT_TIMEOUT_S:
-                raise RuntimeError(f"instance {created['id']} did not phone home within {BOOT_TIMEOUT_S:.0f} s")
+                raise RuntimeError(f"instance {created.id} did not phone home within {BOOT_TIMEOUT_S:.0f} s")
             await asyncio.sleep(0.1)
         seen = time.monotonic() - accepted
-        events = (await api.call("GET", path + "/events"))["items"]
-        launched = next(e["at"] for e in events if e["type"] == "instance.launched")
+        events = await api.all(path + "/events", shapes.EventRecord)
+        launched = next(e.at for e in events if e.type == "instance.launched")
     finally:
-        await api.call("DELETE", path)
-        while (await api.call("GET", path))["state"] != "deleted":
+        await api.delete(path)
+        while (await api.get(path, shapes.Instance)).state != "deleted":
             await asyncio.sleep(0.2)
-    start = _at(created["created_at"])
-    return (_at(launched) - start).total_seconds(), (_at(now["booted_at"]) - start).total_seconds(), seen
-
-
-def _at(text: str) -> datetime:
-    return datetime.fromisoformat(text)
+    assert now.booted_at is not None
+    start = created.created_at
+    return (launched - start).total_seconds(), (now.booted_at - start).total_seconds(), seen
 
 
 async def bench(runs: int, state: Path) -> None:
     async with stack(state) as api:
         await provision.ensure_tiny_image(api, state / "images", print)
-        project = await api.call("POST", "/v1/projects", {"name": f"bench-{secrets.token_hex(3)}"})
+        project = await api.post(
+            "/v1/projects", shapes.ProjectCreate(name=f"bench-{secrets.token_hex(3)}"), shapes.Project
+        )
         results = []
         for i in range(1, runs + 1):
-            results.append(await one_boot(api, project["id"]))
-            print(f"run {i}/{runs}: " + ", ".join(f"{c} {v:.2f} s" for c, v in zip(COLUMNS, results[-1])))
+            results.append(await one_boot(api, project.id))
+            print(f"run {i}/{runs}: " + ", ".join(f"{c} {v:.2f} s" for c, v in zip(COLUMNS, results[-1], strict=True)))
     print(f"medians over {runs} runs (nebula-tiny, 1 vCPU, 256 MiB, QEMU TCG):")
-    for c, values in zip(COLUMNS, zip(*results)):
+    for c, values in zip(COLUMNS, zip(*results, strict=True), strict=True):
         print(f"  {c:<24} {statistics.median(values):6.2f} s")
 
 

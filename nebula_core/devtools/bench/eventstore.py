@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
@@ -25,7 +27,7 @@ from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
 
 
-async def _timed(fn, rounds: int) -> float:  # type: ignore[no-untyped-def]
+async def _timed(fn: Callable[[], Awaitable[object]], rounds: int) -> float:
     samples = []
     for _ in range(rounds):
         started = time.perf_counter()
@@ -55,7 +57,7 @@ async def main(rounds: int) -> None:
                     project.update(description=str(project.version))
                     await store.save(project)
                 fresh = EventStore(js, Codec(*AGGREGATES))
-                lengths[length] = await _timed(lambda: fresh.load(Project, project.id), rounds)
+                lengths[length] = await _timed(functools.partial(fresh.load, Project, project.id), rounds)
 
             async def append_existing() -> None:
                 project.update(description=str(time.time()))
