@@ -154,9 +154,9 @@ class NodeAgent:
     """One compute node: registration, handlers, heartbeats and reports.
 
     `capacity` and `overcommit` override the settings (and detection); `libvirt_uri`
-    overrides `settings.libvirt_uri`; `simulated` fetches no image and makes no disk (for
-    libvirt's test driver). A `driver` passed in is used as it is and outlives the agent
-    (the simulator keeps a node's hypervisor across agent restarts, as a real host does).
+    overrides `settings.libvirt_uri`. A `driver` passed in (a simulated host's, say) is used
+    as it is and outlives the agent (the simulator keeps a node's hypervisor across agent
+    restarts, as a real host does).
     """
 
     def __init__(
@@ -166,7 +166,6 @@ class NodeAgent:
         capacity: Resources | None = None,
         overcommit: Overcommit | None = None,
         libvirt_uri: str | None = None,
-        simulated: bool = False,
         kvm: bool | None = None,
         driver: LibvirtDriver | None = None,
     ) -> None:
@@ -179,7 +178,6 @@ class NodeAgent:
                 libvirt_uri or settings.libvirt_uri,
                 Path(settings.state_dir),
                 node_id=settings.node_id,
-                simulated=simulated,
                 kvm=use_kvm,
                 network=settings.node_network or None,
             )

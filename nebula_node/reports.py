@@ -36,7 +36,8 @@ from nats.js import JetStreamContext
 from nebula_core.contract import subjects
 from nebula_core.contract.commands import ReportDomain
 from nebula_core.contract.node import DomainState
-from nebula_node.libvirt.driver import DomainEvent, LibvirtDriver
+from nebula_node.libvirt.driver import LibvirtDriver
+from nebula_node.libvirt.states import DomainEvent
 
 log = logging.getLogger("nebula.node.reports")
 

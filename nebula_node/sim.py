@@ -4,7 +4,9 @@ Each simulated node is a real `NodeAgent` on real NATS - it registers, heartbeat
 requests and reports - whose hypervisor is libvirt's `test:///` driver opened on a file of
 its own (`<state dir>/<node id>/libvirt.xml`, holding the node's CPUs and memory), so every
 node has private domains and capacity. Domains are really defined, started, shut down and
-undefined there; only no guest runs, and no image is fetched nor disk made.
+undefined there; only no guest runs, and no image is fetched nor disk made: the node's
+media (`SimulatedMedia`) only name a guest's files. All of that lives here, beside the
+fleet, so that the real driver holds nothing that only a simulation needs.
 
 All agents share one NATS connection (one broker): each subscribes to its own concrete
 subjects on it, so a killed node stops answering exactly as a dead host would (no
@@ -16,8 +18,10 @@ agent, as a host's hypervisor outlives a crashed agent: `revive` finds the domai
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from types import TracebackType
@@ -25,10 +29,15 @@ from types import TracebackType
 import msgspec
 
 from nebula_core.config import Settings
+from nebula_core.contract.errors import Conflict
+from nebula_core.contract.node import CreateRequest
 from nebula_core.contract.types import Overcommit, Resources
 from nebula_core.messaging import make_broker, reply_errors
+from nebula_node import disks, images
 from nebula_node.agent import NodeAgent, node_overcommit
+from nebula_node.libvirt.domain_xml import KernelBoot
 from nebula_node.libvirt.driver import LibvirtDriver
+from nebula_node.libvirt.media import Media, disk_paths, media_errors
 
 log = logging.getLogger("nebula.node.sim")
 
@@ -36,6 +45,9 @@ log = logging.getLogger("nebula.node.sim")
 DEFAULT_CAPACITY = Resources(vcpus=32, ram_mb=131072, disk_gb=2000)
 #: Agents started at once when a fleet comes up.
 START_CONCURRENCY = 32
+
+
+# --- one simulated host ------------------------------------------------------------------
 
 
 def simulated_host_xml(capacity: Resources) -> str:
@@ -66,6 +78,67 @@ def simulated_host_uri(path: Path, capacity: Resources) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(simulated_host_xml(capacity))
     return f"test://{path}"
+
+
+class SimulatedMedia:
+    """The same paths as a real node's `LocalMedia`, but nothing is fetched and no disk is
+    made. Disk sizes are remembered in memory so a repeated create with another size is
+    still a conflict; each instance's console log gets one line saying that no guest runs.
+    `fetch_delay` seconds stand for the time a real node spends fetching the image and
+    making the disks."""
+
+    def __init__(self, images_dir: Path, instances_dir: Path, *, fetch_delay: float = 0.0) -> None:
+        self._cache = images.ImageCache(images_dir)
+        self._disks = disks.InstanceDisks(instances_dir)
+        self._sizes: dict[uuid.UUID, int] = {}
+        self._fetch_delay = fetch_delay
+
+    def console_log(self, instance_id: uuid.UUID) -> Path:
+        return self._disks.console_log_path(instance_id)
+
+    async def prepare(self, req: CreateRequest) -> Media:
+        if self._fetch_delay:
+            await asyncio.sleep(self._fetch_delay)
+        with media_errors():
+            image = self._cache.path_for(req.image.sha256)
+            attached = disk_paths(self._disks.instance_dir(req.instance_id), req.image)
+        if req.image.format == "qcow2":
+            return Media(None, attached)
+        return Media(KernelBoot(kernel=str(image), cmdline="console=ttyS0"), attached)
+
+    async def create_disks(self, req: CreateRequest, media: Media) -> None:
+        known = self._sizes.setdefault(req.instance_id, req.disk_gb)
+        if known != req.disk_gb:
+            raise Conflict(f"instance {req.instance_id} has a disk of {known} GiB, not {req.disk_gb} GiB")
+        log_path = self.console_log(req.instance_id)
+        line = f"nebula-sim: {req.name} ({req.instance_id}) is simulated by libvirt's test driver; no guest runs\n"
+        await asyncio.to_thread(_write_once, log_path, line)
+
+    async def remove(self, instance_id: uuid.UUID) -> None:
+        self._sizes.pop(instance_id, None)
+        await self._disks.delete(instance_id)
+
+
+def _write_once(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError), path.open("x") as out:
+        out.write(text)
+
+
+def simulated_driver(uri: str, state_dir: Path, *, node_id: str, fetch_delay: float = 0.0) -> LibvirtDriver:
+    """Node `node_id`'s driver on the test-driver host `uri`, its (named, never made) files
+    under `state_dir` as a real node's would be; TCG, since no guest runs anyway."""
+    images_dir, instances_dir = Path(state_dir) / "images", Path(state_dir) / "instances"
+    return LibvirtDriver(
+        uri,
+        SimulatedMedia(images_dir, instances_dir, fetch_delay=fetch_delay),
+        node_id=node_id,
+        domain_type="qemu",
+        disk_root=instances_dir,
+    )
+
+
+# --- the fleet ---------------------------------------------------------------------------
 
 
 class Fleet:
@@ -153,9 +226,7 @@ class Fleet:
                 raise KeyError(f"no simulated node {node_id!r}")
             node_dir = self.state_dir / node_id
             uri = simulated_host_uri(node_dir / "libvirt.xml", self.capacity)
-            self._drivers[node_id] = LibvirtDriver.for_node(
-                uri, node_dir, node_id=node_id, simulated=True, fetch_delay=self.create_delay
-            )
+            self._drivers[node_id] = simulated_driver(uri, node_dir, node_id=node_id, fetch_delay=self.create_delay)
         return self._drivers[node_id]
 
     def agent(self, node_id: str) -> NodeAgent:

@@ -4,8 +4,8 @@ Modelled on Nova's ``nova/virt/libvirt/config.py``: every libvirt element Nebula
 one small frozen dataclass with ``format_dom()`` (object -> ElementTree element) and
 ``parse_dom()`` (element -> object). `GuestDomain.to_xml()` / `GuestDomain.from_xml()`
 sit on top, and `build_domain()` composes a whole guest from a `GuestSpec`. The module
-does no I/O: probing /dev/kvm, creating disks and talking to libvirt belong to the driver,
-which composes these objects and never formats XML itself.
+does no I/O: probing /dev/kvm (`kvm`), making disks (`media`) and talking to libvirt
+(`driver`) happen beside it, and the driver composes these objects, never formatting XML.
 
 Guarantees:
 
@@ -622,11 +622,6 @@ def _mib(memory: ET.Element) -> int:
 
 
 # --- composing a Nebula guest ------------------------------------------------------------
-
-
-def domain_type(kvm_usable: bool) -> DomainType:
-    """KVM when the node can use it, else QEMU's TCG emulation (slow, but always works)."""
-    return "kvm" if kvm_usable else "qemu"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -5,11 +5,10 @@ and identified by the instance id, and runs start / stop / reboot / delete / sta
 console on it. Every blocking libvirt call runs in a worker thread (`asyncio.to_thread`)
 on one connection per driver, opened lazily and reopened when it drops.
 
-The guest's files come from a `GuestMedia` strategy: `LocalMedia` fetches images into the
-node's cache (sha256-verified) and makes the instance's disks with qemu-img;
-`SimulatedMedia` only names the same paths, for libvirt's `test:///` driver, which never
-opens them. Everything else - define, create, shutdown, destroy, undefine, events - is
-real libvirt in both cases.
+The guest's files come from a `GuestMedia` (`media`): a real node's `LocalMedia` fetches
+images into the node's cache (sha256-verified) and makes the instance's disks with
+qemu-img; the fleet simulator's media only names them. Everything else - define, create,
+shutdown, destroy, undefine, events - is real libvirt either way.
 
 Lifecycle events come from libvirt's default event loop, which runs in one daemon thread
 per process (libvirt allows one event implementation per process, for its whole life);
@@ -20,40 +19,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import shutil
 import threading
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol, TypeVar
-from urllib.parse import urljoin
+from typing import Any, TypeVar
 
 import libvirt
-import msgspec
 
-from nebula_core.contract.errors import Conflict, Invalid, NebulaError, NodeUnavailable, NotFound
-from nebula_core.contract.node import CreateRequest, DomainState, ImageSpec
+from nebula_core.contract.errors import Conflict, NodeUnavailable, NotFound
+from nebula_core.contract.node import CreateRequest, DomainState
 from nebula_core.contract.types import Resources
 from nebula_node import disks, images
 from nebula_node.libvirt.domain_xml import (
     NEBULA_XMLNS,
-    AttachedDisk,
     DomainType,
     GuestDisk,
     GuestDomain,
     GuestInterface,
     GuestSerial,
     GuestSpec,
-    KernelBoot,
     MalformedDomainXML,
     build_domain,
     metadata_owner,
 )
+from nebula_node.libvirt.errors import HypervisorError
+from nebula_node.libvirt.kvm import choose_domain_type
+from nebula_node.libvirt.media import GuestMedia, LocalMedia, Media
+from nebula_node.libvirt.states import DomainEvent, describe_event, domain_state, instance_of
 
 log = logging.getLogger("nebula.node.driver")
 
@@ -61,80 +58,6 @@ T = TypeVar("T")
 GIB = 1 << 30
 #: How often a graceful stop looks whether the guest has powered off.
 STOP_POLL_S = 0.25
-
-
-class HypervisorError(NebulaError):
-    """libvirt (or qemu-img, or an image source) failed; the message says how."""
-
-
-# --- states and events (pure) ------------------------------------------------------------
-
-_STATES: dict[int, DomainState] = {
-    libvirt.VIR_DOMAIN_NOSTATE: "other",
-    libvirt.VIR_DOMAIN_RUNNING: "running",
-    libvirt.VIR_DOMAIN_BLOCKED: "running",
-    libvirt.VIR_DOMAIN_PAUSED: "paused",
-    libvirt.VIR_DOMAIN_SHUTDOWN: "running",  # shutting down, still running
-    libvirt.VIR_DOMAIN_SHUTOFF: "shutoff",
-    libvirt.VIR_DOMAIN_CRASHED: "crashed",
-    libvirt.VIR_DOMAIN_PMSUSPENDED: "paused",
-}
-
-
-def domain_state(code: int) -> DomainState:
-    """The contract's name for a `virDomainState`."""
-    return _STATES.get(code, "other")
-
-
-E = libvirt
-#: What a lifecycle event says happened, by (event, detail); then by event alone.
-_EVENT_REASONS: dict[tuple[int, int | None], str] = {
-    (E.VIR_DOMAIN_EVENT_DEFINED, None): "the domain was defined",
-    (E.VIR_DOMAIN_EVENT_UNDEFINED, None): "the domain was undefined",
-    (E.VIR_DOMAIN_EVENT_STARTED, None): "the domain was started",
-    (E.VIR_DOMAIN_EVENT_STARTED, E.VIR_DOMAIN_EVENT_STARTED_RESTORED): "the domain was restored",
-    (E.VIR_DOMAIN_EVENT_SUSPENDED, None): "the domain was paused",
-    (E.VIR_DOMAIN_EVENT_SUSPENDED, E.VIR_DOMAIN_EVENT_SUSPENDED_IOERROR): "paused on a disk I/O error",
-    (E.VIR_DOMAIN_EVENT_SUSPENDED, E.VIR_DOMAIN_EVENT_SUSPENDED_WATCHDOG): "paused by its watchdog",
-    (E.VIR_DOMAIN_EVENT_RESUMED, None): "the domain was resumed",
-    (E.VIR_DOMAIN_EVENT_STOPPED, None): "the domain stopped",
-    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN): "the guest shut down",
-    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_DESTROYED): "the domain was destroyed",
-    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_CRASHED): "the guest crashed",
-    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_MIGRATED): "the domain migrated away",
-    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_SAVED): "the domain was saved to disk",
-    (E.VIR_DOMAIN_EVENT_STOPPED, E.VIR_DOMAIN_EVENT_STOPPED_FAILED): "the hypervisor failed",
-    (E.VIR_DOMAIN_EVENT_SHUTDOWN, None): "the guest is shutting down",
-    (E.VIR_DOMAIN_EVENT_PMSUSPENDED, None): "the guest suspended itself",
-    (E.VIR_DOMAIN_EVENT_CRASHED, None): "the guest crashed",
-    (E.VIR_DOMAIN_EVENT_CRASHED, E.VIR_DOMAIN_EVENT_CRASHED_PANICKED): "the guest kernel panicked",
-}
-
-
-@dataclass(frozen=True)
-class DomainEvent:
-    """A lifecycle event of a Nebula domain: which instance, and what happened to it."""
-
-    instance_id: uuid.UUID
-    reason: str
-
-
-def describe_event(name: str, event: int, detail: int) -> DomainEvent | None:
-    """The event of domain `name` as Nebula sees it; None for a domain not named by a UUID."""
-    instance_id = instance_of(name)
-    if instance_id is None:
-        return None
-    reason = _EVENT_REASONS.get((event, detail)) or _EVENT_REASONS.get((event, None))
-    return DomainEvent(instance_id, reason or f"libvirt lifecycle event {event}/{detail}")
-
-
-def instance_of(domain_name: str) -> uuid.UUID | None:
-    """The instance a domain belongs to: Nebula names domains by the canonical instance UUID."""
-    try:
-        instance_id = uuid.UUID(domain_name)
-    except ValueError:
-        return None
-    return instance_id if str(instance_id) == domain_name else None
 
 
 def spec_differences(have: GuestDomain, want: GuestDomain) -> list[str]:
@@ -160,216 +83,6 @@ def spec_differences(have: GuestDomain, want: GuestDomain) -> list[str]:
 
     mine, theirs = aspects(have), aspects(want)
     return [aspect for aspect in mine if mine[aspect] != theirs[aspect]]
-
-
-# --- KVM ---------------------------------------------------------------------------------
-
-#: _IO(KVMIO, 0x00): every working KVM answers 12.
-KVM_GET_API_VERSION = 0xAE00
-
-
-def kvm_usable(device: str = "/dev/kvm") -> bool:
-    """True if `device` opens read-write and answers KVM's API version ioctl."""
-    try:
-        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        return fcntl.ioctl(fd, KVM_GET_API_VERSION) == 12
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def choose_domain_type(kvm: bool, *, probe: Callable[[], bool] = kvm_usable) -> DomainType:
-    """`kvm` only when it was asked for and the device works; TCG otherwise.
-
-    KVM is opt-in: on some hosts /dev/kvm opens and answers but guests hang, and TCG is
-    slow but always boots.
-    """
-    if not kvm:
-        return "qemu"
-    if probe():
-        return "kvm"
-    log.warning("KVM was asked for but /dev/kvm does not work: using QEMU's TCG emulation")
-    return "qemu"
-
-
-# --- guest media: images and disks ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Media:
-    """The host files a guest uses: direct-kernel boot files (or None) and its disks."""
-
-    kernel: KernelBoot | None
-    disks: tuple[AttachedDisk, ...]
-
-
-class GuestMedia(Protocol):
-    def console_log(self, instance_id: uuid.UUID) -> Path: ...
-
-    async def prepare(self, req: CreateRequest) -> Media:
-        """Fetch what the guest boots from; name its disks (not created yet)."""
-
-    async def create_disks(self, req: CreateRequest, media: Media) -> None:
-        """Create the instance's disks; idempotent, `Conflict` if they exist otherwise."""
-
-    async def remove(self, instance_id: uuid.UUID) -> None:
-        """Delete the instance's files; succeeds if there are none."""
-
-
-class _FileRef(msgspec.Struct, frozen=True):
-    sha256: str
-    size: int = 0
-
-
-class KernelManifest(msgspec.Struct, frozen=True):
-    """The part of a direct-kernel image's manifest.json (ops/guest/build-tiny.sh) a node reads."""
-
-    kernel: str
-    cmdline: str = ""
-    initrd: str | None = None
-    files: dict[str, _FileRef] = {}
-
-
-class _Artifact(msgspec.Struct, frozen=True):
-    source: str
-    sha256: str
-    size: int = 0
-
-
-def manifest_artifact(manifest: KernelManifest, manifest_source: str, name: str) -> _Artifact:
-    """The file `name` a manifest vouches for: beside the manifest, with its own sha256."""
-    if PurePosixPath(name).name != name or name in ("", ".", ".."):
-        raise Invalid(f"image manifest names {name!r}, which is not a file beside it", ["$.image"])
-    ref = manifest.files.get(name)
-    if ref is None:
-        raise Invalid(f"image manifest gives no sha256 for {name!r}", ["$.image"])
-    if manifest_source.startswith("/"):
-        source = str(Path(manifest_source).parent / name)
-    else:
-        source = urljoin(manifest_source, name)
-    return _Artifact(source=source, sha256=ref.sha256, size=ref.size)
-
-
-@contextlib.contextmanager
-def _media_errors() -> Iterator[None]:
-    """The image cache's and the disks' own errors, as the typed errors a reply carries."""
-    try:
-        yield
-    except images.ImageNotFound as err:
-        raise NotFound(str(err)) from err
-    except images.ImageVerificationFailed as err:
-        raise Invalid(str(err), ["$.image"]) from err
-    except images.ImageError as err:
-        raise HypervisorError(str(err)) from err
-    except disks.DiskConflict as err:
-        raise Conflict(str(err)) from err
-    except disks.DiskTooSmall as err:
-        raise Invalid(str(err), ["$.disk_gb"]) from err
-    except disks.BaseImageUnusable as err:
-        raise Invalid(str(err), ["$.image"]) from err
-    except disks.DiskError as err:
-        raise HypervisorError(str(err)) from err
-    except ValueError as err:  # a malformed sha256 or disk size
-        raise Invalid(str(err), ["$.image"]) from err
-
-
-class LocalMedia:
-    """Real files: images in the node's sha256 cache, disks made by qemu-img.
-
-    A qcow2 image becomes `disk.qcow2`, an overlay on the cached base grown to `disk_gb`.
-    A direct-kernel image boots the kernel and initrd its manifest names, with a blank
-    data disk of `disk_gb`.
-    """
-
-    def __init__(self, cache: images.ImageCache, instance_disks: disks.InstanceDisks) -> None:
-        self._cache = cache
-        self._disks = instance_disks
-
-    def console_log(self, instance_id: uuid.UUID) -> Path:
-        return self._disks.console_log_path(instance_id)
-
-    async def prepare(self, req: CreateRequest) -> Media:
-        with _media_errors():
-            base = await self._cache.ensure(req.image)
-            directory = self._disks.instance_dir(req.instance_id)
-            if req.image.format == "qcow2":
-                return Media(None, (AttachedDisk(path=str(directory / f"{disks.OVERLAY_NAME}.qcow2")),))
-            kernel = await self._kernel(req.image, base.path)
-            return Media(kernel, (AttachedDisk(path=str(directory / "data.qcow2")),))
-
-    async def _kernel(self, image: ImageSpec, manifest_path: Path) -> KernelBoot:
-        try:
-            manifest = msgspec.json.decode(await asyncio.to_thread(manifest_path.read_bytes), type=KernelManifest)
-        except msgspec.DecodeError as err:
-            raise Invalid(f"image {image.name}: not a direct-kernel manifest: {err}", ["$.image"]) from err
-        kernel = await self._cache.ensure(manifest_artifact(manifest, image.source, manifest.kernel))
-        initrd = None
-        if manifest.initrd:
-            initrd = await self._cache.ensure(manifest_artifact(manifest, image.source, manifest.initrd))
-        return KernelBoot(
-            kernel=str(kernel.path), initrd=None if initrd is None else str(initrd.path), cmdline=manifest.cmdline
-        )
-
-    async def create_disks(self, req: CreateRequest, media: Media) -> None:
-        with _media_errors():
-            if media.kernel is None:
-                base = self._cache.path_for(req.image.sha256)
-                await self._disks.create_overlay(req.instance_id, base, req.disk_gb)
-            else:
-                await self._disks.create_blank(req.instance_id, req.disk_gb, name="data")
-
-    async def remove(self, instance_id: uuid.UUID) -> None:
-        await self._disks.delete(instance_id)
-
-
-class SimulatedMedia:
-    """The same paths as `LocalMedia`, but nothing is fetched and no disk is made: for
-    libvirt's test driver, which never opens them. Disk sizes are remembered in memory so
-    a repeated create with another size is still a conflict; each instance's console log
-    gets one line saying that no guest runs. `fetch_delay` seconds stand for the time a
-    real node spends fetching the image and making the disks."""
-
-    def __init__(self, images_dir: Path, instances_dir: Path, *, fetch_delay: float = 0.0) -> None:
-        self._cache = images.ImageCache(images_dir)
-        self._disks = disks.InstanceDisks(instances_dir)
-        self._sizes: dict[uuid.UUID, int] = {}
-        self._fetch_delay = fetch_delay
-
-    def console_log(self, instance_id: uuid.UUID) -> Path:
-        return self._disks.console_log_path(instance_id)
-
-    async def prepare(self, req: CreateRequest) -> Media:
-        if self._fetch_delay:
-            await asyncio.sleep(self._fetch_delay)
-        with _media_errors():
-            image = self._cache.path_for(req.image.sha256)
-            directory = self._disks.instance_dir(req.instance_id)
-        if req.image.format == "qcow2":
-            return Media(None, (AttachedDisk(path=str(directory / f"{disks.OVERLAY_NAME}.qcow2")),))
-        kernel = KernelBoot(kernel=str(image), cmdline="console=ttyS0")
-        return Media(kernel, (AttachedDisk(path=str(directory / "data.qcow2")),))
-
-    async def create_disks(self, req: CreateRequest, media: Media) -> None:
-        known = self._sizes.setdefault(req.instance_id, req.disk_gb)
-        if known != req.disk_gb:
-            raise Conflict(f"instance {req.instance_id} has a disk of {known} GiB, not {req.disk_gb} GiB")
-        log_path = self.console_log(req.instance_id)
-        line = f"nebula-sim: {req.name} ({req.instance_id}) is simulated by libvirt's test driver; no guest runs\n"
-        await asyncio.to_thread(_write_once, log_path, line)
-
-    async def remove(self, instance_id: uuid.UUID) -> None:
-        self._sizes.pop(instance_id, None)
-        await self._disks.delete(instance_id)
-
-
-def _write_once(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError), path.open("x") as out:
-        out.write(text)
 
 
 # --- libvirt's event loop (one per process) ----------------------------------------------
@@ -437,29 +150,16 @@ class LibvirtDriver:
 
     @classmethod
     def for_node(
-        cls,
-        uri: str,
-        state_dir: Path,
-        *,
-        node_id: str,
-        simulated: bool = False,
-        kvm: bool = False,
-        fetch_delay: float = 0.0,
-        network: str | None = None,
+        cls, uri: str, state_dir: Path, *, node_id: str, kvm: bool = False, network: str | None = None
     ) -> LibvirtDriver:
         """Node `node_id`'s driver, keeping images and disks under `state_dir` (see
-        `Settings.images_dir`); `fetch_delay` applies to a simulated node only."""
+        `Settings.images_dir`); KVM if `kvm` and the host's /dev/kvm works."""
         images_dir, instances_dir = Path(state_dir) / "images", Path(state_dir) / "instances"
-        media: GuestMedia
-        if simulated:
-            media = SimulatedMedia(images_dir, instances_dir, fetch_delay=fetch_delay)
-        else:
-            media = LocalMedia(images.ImageCache(images_dir), disks.InstanceDisks(instances_dir))
         return cls(
             uri,
-            media,
+            LocalMedia(images.ImageCache(images_dir), disks.InstanceDisks(instances_dir)),
             node_id=node_id,
-            domain_type="qemu" if simulated else choose_domain_type(kvm),
+            domain_type=choose_domain_type(kvm),
             disk_root=instances_dir,
             network=network,
         )

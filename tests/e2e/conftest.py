@@ -38,7 +38,7 @@ from nebula_core.messaging import make_broker, reply_errors
 from nebula_core.orchestrator.service import Orchestrator
 from nebula_meta.app import make_app as make_meta_app
 from nebula_node.agent import NodeAgent
-from nebula_node.libvirt.driver import instance_of
+from nebula_node.libvirt.states import instance_of
 from tests.integration.conftest import Cloud, cloud  # noqa: F401 — the control plane, as a fixture here too
 
 REPO = Path(__file__).resolve().parents[2]

@@ -41,7 +41,7 @@ from nebula_core.eventstore import EventStore
 from nebula_core.messaging import make_broker, reply_errors
 from nebula_node.agent import NodeAgent
 from nebula_node.libvirt.domain_xml import GuestSpec, KernelBoot, build_domain
-from nebula_node.sim import simulated_host_uri
+from nebula_node.sim import simulated_driver, simulated_host_uri
 from tests.support import eventually
 
 NODE = "node-a"
@@ -131,6 +131,18 @@ def settings(nats_server: NatsServer, tmp_path: Path, **changes: object) -> Sett
     return msgspec.structs.replace(base, **changes)
 
 
+def simulated_agent(node_settings: Settings, uri: str, capacity: Resources | None = None) -> NodeAgent:
+    """An agent whose hypervisor is the test-driver host `uri`; `stop` it."""
+    driver = simulated_driver(uri, Path(node_settings.state_dir), node_id=node_settings.node_id)
+    return NodeAgent(node_settings, driver=driver, capacity=capacity)
+
+
+async def stop(agent: NodeAgent) -> None:
+    """Stop the agent, then close the hypervisor it was given."""
+    await agent.stop()
+    await agent.driver.close()
+
+
 @pytest.fixture
 async def broker(nats_server: NatsServer, js: JetStreamContext) -> AsyncIterator[NatsBroker]:
     broker = make_broker(nats_server.url, name="node", middlewares=[reply_errors])
@@ -143,10 +155,10 @@ async def broker(nats_server: NatsServer, js: JetStreamContext) -> AsyncIterator
 async def agent(broker: NatsBroker, nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[NodeAgent]:
     """An agent on a private test-driver host of its own."""
     uri = simulated_host_uri(tmp_path / "host.xml", CAPACITY)
-    agent = NodeAgent(settings(nats_server, tmp_path), libvirt_uri=uri, simulated=True, capacity=CAPACITY)
+    agent = simulated_agent(settings(nats_server, tmp_path), uri, capacity=CAPACITY)
     await agent.start(broker)
     yield agent
-    await agent.stop()
+    await stop(agent)
 
 
 @pytest.fixture
@@ -162,10 +174,10 @@ def host() -> AsyncIterator[libvirt.virConnect]:
 async def default_agent(
     host: libvirt.virConnect, broker: NatsBroker, nats_server: NatsServer, tmp_path: Path
 ) -> AsyncIterator[NodeAgent]:
-    agent = NodeAgent(settings(nats_server, tmp_path), libvirt_uri="test:///default", simulated=True)
+    agent = simulated_agent(settings(nats_server, tmp_path), "test:///default")
     await agent.start(broker)
     yield agent
-    await agent.stop()
+    await stop(agent)
 
 
 async def node_history(js: JetStreamContext) -> list[tuple[str, str]]:
@@ -203,9 +215,9 @@ async def test_a_restart_records_only_what_changed(
         settings(nats_server, tmp_path),
         settings(nats_server, tmp_path, node_vcpus=4),
     ):
-        agent = NodeAgent(node_settings, libvirt_uri=uri, simulated=True)
+        agent = simulated_agent(node_settings, uri)
         await agent.start(broker)
-        await agent.stop()
+        await stop(agent)
 
     assert [t for t, _ in await node_history(js)] == ["node.registered", "node.reregistered"]
     node = await EventStore(js, Codec(*AGGREGATES)).load(Node, node_uuid(NODE))
@@ -405,13 +417,13 @@ async def test_a_starting_agent_reports_what_is_missing_and_what_is_unexpected(
     tmp_path: Path,
 ) -> None:
     node_settings = settings(nats_server, tmp_path)
-    first = NodeAgent(node_settings, libvirt_uri="test:///default", simulated=True)
+    first = simulated_agent(node_settings, "test:///default")
     await first.start(broker)
     kept, lost, stranger = create_request(), create_request(), uuid.uuid4()
     await claim(js, kept.instance_id, lost.instance_id)
     await state_of(nc, "create", kept)
     await state_of(nc, "create", lost)
-    await first.stop()
+    await stop(first)
     # While the agent is away: one claimed domain vanishes, an unclaimed one of this node
     # appears, and so does one that names no owner (another tool's, or another cloud's).
     await asyncio.to_thread(lambda: host.lookupByName(str(lost.instance_id)).destroy())
@@ -433,7 +445,7 @@ async def test_a_starting_agent_reports_what_is_missing_and_what_is_unexpected(
         await asyncio.to_thread(host.defineXML, xml)
     before = await last_command_seq(js)
 
-    second = NodeAgent(node_settings, libvirt_uri="test:///default", simulated=True)
+    second = simulated_agent(node_settings, "test:///default")
     await second.start(broker)
     try:
         found = {r.instance_id: (r.state, r.reason) for _, r in await reports(js, before)}
@@ -444,4 +456,4 @@ async def test_a_starting_agent_reports_what_is_missing_and_what_is_unexpected(
         }  # and nothing about libvirt's own "test" domain or the ownerless one, which are not this node's
         assert await second.reconcile() == 0
     finally:
-        await second.stop()
+        await stop(second)

@@ -25,15 +25,10 @@ from nebula_node.libvirt.domain_xml import (
     KernelBoot,
     build_domain,
 )
-from nebula_node.libvirt.driver import (
-    KernelManifest,
-    choose_domain_type,
-    describe_event,
-    domain_state,
-    instance_of,
-    manifest_artifact,
-    spec_differences,
-)
+from nebula_node.libvirt.driver import spec_differences
+from nebula_node.libvirt.kvm import choose_domain_type
+from nebula_node.libvirt.media import KernelManifest, manifest_artifact
+from nebula_node.libvirt.states import describe_event, domain_state, instance_of
 from nebula_node.reports import InstanceLocks
 from nebula_node.sim import simulated_host_xml
 

@@ -29,8 +29,9 @@ from nebula_node.libvirt.domain_xml import (
     KernelBoot,
     build_domain,
 )
-from nebula_node.libvirt.driver import DomainEvent, LibvirtDriver
-from nebula_node.sim import simulated_host_uri
+from nebula_node.libvirt.driver import LibvirtDriver
+from nebula_node.libvirt.states import DomainEvent
+from nebula_node.sim import simulated_driver, simulated_host_uri
 from tests.support import eventually
 
 GIB = 1 << 30
@@ -216,7 +217,7 @@ async def test_capacity_comes_from_the_host(driver):
 
 
 async def test_every_lifecycle_event_reaches_the_listener_on_the_event_loop(tmp_path, tiny_image):
-    driver = LibvirtDriver.for_node("test:///default", tmp_path / "state", node_id="n1", simulated=True)
+    driver = simulated_driver("test:///default", tmp_path / "state", node_id="n1")
     await driver.open()
     seen: list[DomainEvent] = []
     loop = asyncio.get_running_loop()
@@ -269,9 +270,9 @@ async def test_domains_another_agent_or_a_tool_made_on_the_host_are_never_touche
     """One host, one libvirt: this node's agent, an agent of another cloud that took the same
     node id (another state directory), another node, and a tool that names a domain by a
     UUID. Each agent sees and touches only the domains it made."""
-    mine = LibvirtDriver.for_node("test:///default", tmp_path / "a", node_id="n1", simulated=True)
-    twin = LibvirtDriver.for_node("test:///default", tmp_path / "b", node_id="n1", simulated=True)
-    other = LibvirtDriver.for_node("test:///default", tmp_path / "c", node_id="n2", simulated=True)
+    mine = simulated_driver("test:///default", tmp_path / "a", node_id="n1")
+    twin = simulated_driver("test:///default", tmp_path / "b", node_id="n1")
+    other = simulated_driver("test:///default", tmp_path / "c", node_id="n2")
     tool = libvirt.open("test:///default")
     drivers = (mine, twin, other)
     for d in drivers:
@@ -325,3 +326,4 @@ async def test_domains_another_agent_or_a_tool_made_on_the_host_are_never_touche
             dom.destroy()
             dom.undefine()
         tool.close()
+
