@@ -10,6 +10,10 @@ images into the node's cache (sha256-verified) and makes the instance's disks wi
 qemu-img; the fleet simulator's media only names them. Everything else - define, create,
 shutdown, destroy, undefine, events - is real libvirt either way.
 
+A driver touches only the domains it made: those whose Nebula metadata names its node and
+home (`owner`). Any other domain on the host - another agent's, another cloud's, a tool's,
+one without Nebula metadata - is left alone, as if it were not there.
+
 Lifecycle events come from libvirt's default event loop, which runs in one daemon thread
 per process (libvirt allows one event implementation per process, for its whole life);
 each event is handed to the asyncio loop with `call_soon_threadsafe`.
@@ -24,9 +28,8 @@ import os
 import shutil
 import threading
 import uuid
-import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 
 import libvirt
@@ -419,13 +422,9 @@ class LibvirtDriver:
         return data.decode("utf-8", errors="replace"), truncated
 
     def _made(self, dom: libvirt.virDomain) -> bool:
-        """Whether this node agent made `dom`: its metadata names this owner, or - a domain
-        from before owners were written - its disks and console log are under this home."""
-        owner = _owner(dom)
-        if owner is not None:
-            return owner == self.owner
-        paths = _file_paths(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
-        return bool(paths) and all(PurePosixPath(p).is_relative_to(self.owner[1]) for p in paths)
+        """Whether this driver made `dom`: its Nebula metadata names this node and home.
+        A domain without that metadata is not Nebula's, whatever its name or files."""
+        return _owner(dom) == self.owner
 
     def _lookup(self, conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.virDomain | None:
         """The instance's domain if this node made it; anyone else's counts as none."""
@@ -471,17 +470,6 @@ def _any_domain(conn: libvirt.virConnect, instance_id: uuid.UUID) -> libvirt.vir
         if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return None
         raise
-
-
-def _file_paths(xml: str) -> list[str]:
-    """The files a domain writes to: its disks' sources and its serial console's log."""
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return []
-    found = [el.get("file") for el in root.iterfind("devices/disk/source")]
-    found += [el.get("file") for el in root.iterfind("devices/serial/log")]
-    return [path for path in found if path]
 
 
 def _owner(dom: libvirt.virDomain) -> tuple[str, str] | None:

@@ -278,30 +278,15 @@ async def test_domains_another_agent_or_a_tool_made_on_the_host_are_never_touche
     for d in drivers:
         await d.open()
     ours, twins, others = (request(tiny_image, instance_id=uuid.uuid4()) for _ in drivers)
-    foreign, legacy = str(uuid.uuid4()), uuid.uuid4()
+    foreign = str(uuid.uuid4())
     try:
         for d, req in zip(drivers, (ours, twins, others), strict=True):
             assert await d.create(req) == "running"
         tool.defineXML(
             f"<domain type='test'><name>{foreign}</name><memory>1024</memory><os><type>hvm</type></os></domain>"
         ).create()
-        # A domain from before owners were written: this node's if its files are in its home.
-        tool.defineXML(
-            build_domain(
-                GuestSpec(
-                    instance_id=legacy,
-                    project_id=uuid.uuid4(),
-                    name="old",
-                    vcpus=1,
-                    ram_mb=128,
-                    domain_type="qemu",
-                    kernel=KernelBoot(kernel="/cache/vmlinuz"),
-                    console_log=f"{mine.owner[1]}/{legacy}/console.log",
-                )
-            ).to_xml()
-        )
 
-        assert await mine.domains() == {ours.instance_id: "running", legacy: "shutoff"}
+        assert await mine.domains() == {ours.instance_id: "running"}
         assert await twin.domains() == {twins.instance_id: "running"}
         for req in (twins, others):
             assert await mine.status(req.instance_id) == "missing"
@@ -320,10 +305,45 @@ async def test_domains_another_agent_or_a_tool_made_on_the_host_are_never_touche
         for d, req in zip(drivers, (ours, twins, others), strict=True):
             await d.delete(req.instance_id)
             await d.close()
-        await mine.delete(legacy)
         with contextlib.suppress(libvirt.libvirtError):
             dom = tool.lookupByName(foreign)
             dom.destroy()
             dom.undefine()
         tool.close()
 
+
+async def test_a_domain_without_nebulas_owner_is_not_the_nodes_even_with_its_files_in_its_home(tmp_path, tiny_image):
+    """Only the metadata a node agent writes makes a domain its own: one whose disks and
+    console log lie in this node's home but whose metadata names no owner is left alone."""
+    mine = simulated_driver("test:///default", tmp_path / "a", node_id="n1")
+    tool = libvirt.open("test:///default")
+    await mine.open()
+    unowned = uuid.uuid4()
+    home = mine.owner[1]
+    spec = GuestSpec(
+        instance_id=unowned,
+        project_id=uuid.uuid4(),
+        name="unowned",
+        vcpus=1,
+        ram_mb=128,
+        domain_type="qemu",
+        kernel=KernelBoot(kernel=f"{home}/{unowned}/vmlinuz"),
+        console_log=f"{home}/{unowned}/console.log",
+    )
+    tool.defineXML(build_domain(spec).to_xml())
+    try:
+        assert await mine.domains() == {}
+        assert await mine.status(unowned) == "missing"
+        for op in (mine.start(unowned), mine.stop(unowned, 0), mine.reboot(unowned), mine.console(unowned, 10)):
+            with pytest.raises(NotFound):
+                await op
+        with pytest.raises(Conflict, match="did not make it"):
+            await mine.create(request(tiny_image, instance_id=unowned))
+        assert await mine.delete(unowned) == "missing"
+
+        assert not tool.lookupByName(str(unowned)).isActive()  # still defined, never started
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            tool.lookupByName(str(unowned)).undefine()
+        await mine.close()
+        tool.close()
