@@ -96,7 +96,7 @@ class Operations:
         self._reporter = reporter
 
     def handlers(self) -> dict[str, Callable[..., Awaitable[NodeReply]]]:
-        table = {
+        table: dict[str, Callable[..., Awaitable[NodeReply]]] = {
             "create": self.create,
             "start": self.start,
             "stop": self.stop,
@@ -194,7 +194,7 @@ class NodeAgent:
         self._node: Node | None = None
         self._node_seq = 0
         self._running = 0
-        self._subscribers: list = []  # type: ignore[type-arg]
+        self._subscribers: list = []
         self._tasks: list[asyncio.Task[None]] = []
         self._reporter: Reporter | None = None
         self._js: JetStreamContext | None = None

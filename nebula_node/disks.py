@@ -109,8 +109,9 @@ class DiskSpec(msgspec.Struct, frozen=True):
 
     def create_options(self) -> list[str]:
         """The ``qemu-img create`` options that make a disk of this spec (size aside)."""
-        backing = ["-b", self.backing_file, "-F", str(self.backing_format)]
-        return ["-f", self.format, *(backing if self.backing_file else [])]
+        if not self.backing_file:
+            return ["-f", self.format]
+        return ["-f", self.format, "-b", self.backing_file, "-F", str(self.backing_format)]
 
 
 def check_instance_id(instance_id: str | uuid.UUID) -> str:

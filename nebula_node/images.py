@@ -18,7 +18,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -241,12 +241,12 @@ class ImageCache:
                 await asyncio.to_thread(_absorb, hasher, out, chunk)
         return hasher.hexdigest(), size
 
-    def _chunks(self, source: str) -> AsyncIterator[bytes]:
+    def _chunks(self, source: str) -> AsyncGenerator[bytes, None]:
         if _is_http(source):
             return self._http_chunks(source)
         return _file_chunks(source)
 
-    async def _http_chunks(self, url: str) -> AsyncIterator[bytes]:
+    async def _http_chunks(self, url: str) -> AsyncGenerator[bytes, None]:
         async with self._client() as session:
             try:
                 async with session.get(url, timeout=self._timeout) as response:
@@ -312,7 +312,7 @@ def _local_path(source: str) -> Path:
     return Path(source)
 
 
-async def _file_chunks(source: str) -> AsyncIterator[bytes]:
+async def _file_chunks(source: str) -> AsyncGenerator[bytes, None]:
     path = _local_path(source)
     try:
         stream = await asyncio.to_thread(open, path, "rb")

@@ -29,6 +29,7 @@ Guarantees:
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import re
 import uuid
@@ -526,7 +527,7 @@ class GuestDomain(GuestElement):
         if self.vcpus < 1 or self.memory_mib < 1:
             raise InvalidGuest("a domain needs at least one vCPU and one MiB", ["$.vcpus", "$.ram_mb"])
 
-    def devices_of(self, kind: type[D]) -> tuple[D, ...]:
+    def devices_of(self, kind: builtins.type[D]) -> tuple[D, ...]:  # `type` is a field here
         """The devices of one kind, in document order (e.g. ``devices_of(GuestDisk)``)."""
         return tuple(d for d in self.devices if isinstance(d, kind))
 
