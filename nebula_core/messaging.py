@@ -3,25 +3,33 @@ orchestrator's durable command consumer and node watch, the node agents' request
 handlers): msgspec decodes and encodes every message, and a handler that fails answers
 with a typed `NodeReply(error=…)` instead of leaving the requester to time out.
 
+Both ends of node request/reply meet here, so a typed error survives the trip: a node's
+handler raises, say, `NotFound`; `reply_errors` puts its code and message in an
+`ErrorBody`; the caller's `NodeClient` raises `NotFound` again (`ERRORS_BY_CODE`), with
+the node's message. A node that does not answer is `NodeUnavailable`.
+
 The AsyncAPI document in `schemas/` is generated from the brokers built here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+import nats.errors
 from fast_depends.exceptions import ValidationError
 from fast_depends.msgspec import MsgSpecSerializer
 from faststream.middlewares import ExceptionMiddleware
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from nebula_core.contract import subjects
 from nebula_core.contract.commands import Command, command_verb
-from nebula_core.contract.errors import NebulaError
+from nebula_core.contract.errors import ERRORS_BY_CODE, NebulaError, NodeUnavailable
 from nebula_core.contract.node import ErrorBody, NodeReply
 from nebula_core.nats_client import servers
 
@@ -30,6 +38,15 @@ log = logging.getLogger("nebula.messaging")
 
 def error_reply(code: str, message: str) -> NodeReply:
     return NodeReply(error=ErrorBody(code=code, message=message))
+
+
+def reply_error(body: ErrorBody) -> NebulaError:
+    """The typed error an `ErrorBody` carries: the class its code names, with its message.
+    A code this version does not know (a newer node's) is a plain `NebulaError` that says it."""
+    cls = ERRORS_BY_CODE.get(body.code)
+    if cls is None:
+        return NebulaError(f"{body.message} (error code {body.code!r})")
+    return cls(body.message)
 
 
 def _invalid(exc: ValidationError) -> NodeReply:
@@ -80,3 +97,45 @@ async def publish_command(js: JetStreamContext, command: Command) -> None:
         stream=subjects.COMMANDS_STREAM,
         headers={"Nats-Msg-Id": str(command.command_id)},
     )
+
+
+_node_reply = msgspec.json.Decoder(NodeReply)
+
+
+class NodeClient:
+    """Calling node agents: request/reply on `nebula.node.<id>.<op>`, with a timeout per try
+    and at most `tries` tries. Repeating a request is safe because every node operation is
+    idempotent (a repeated create of the same domain succeeds, a delete of a missing one
+    succeeds); only a request nobody answered is repeated.
+
+    An answer with an error raises that error's own class (`reply_error`); no answer at all
+    (timeouts, no responders) raises `NodeUnavailable`.
+    """
+
+    def __init__(self, nc: NATS, *, timeout: float, tries: int = 1) -> None:
+        self._nc = nc
+        self._timeout = timeout
+        self._tries = max(1, tries)
+
+    async def call(self, node_id: str, op: str, request: msgspec.Struct, *, timeout: float | None = None) -> NodeReply:
+        """The node's answer to `request`; its typed error, or `NodeUnavailable`."""
+        subject = subjects.node_subject(node_id, op)
+        payload = msgspec.json.encode(request)
+        per_try = timeout or self._timeout
+        for attempt in range(1, self._tries + 1):
+            try:
+                msg = await self._nc.request(subject, payload, timeout=per_try)
+            except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as err:
+                log.warning("node=%s op=%s attempt=%d/%d no answer: %r", node_id, op, attempt, self._tries, err)
+                if attempt < self._tries and isinstance(err, nats.errors.NoRespondersError):
+                    await asyncio.sleep(min(per_try, 1.0 * attempt))  # an agent restarting
+                continue
+            try:
+                reply = _node_reply.decode(msg.data)
+            except msgspec.DecodeError as err:
+                raise NebulaError(f"node {node_id} answered {op} with something that is not a reply: {err}") from err
+            if reply.error is not None:
+                raise reply_error(reply.error)
+            return reply
+        tries = "1 try" if self._tries == 1 else f"{self._tries} tries"
+        raise NodeUnavailable(f"node {node_id} did not answer {op} after {tries} of {per_try:g} s")

@@ -24,10 +24,11 @@ from nebula_core.contract.errors import Conflict, Invalid, NodeUnavailable, NotF
 from nebula_core.contract.events import encode_event, event_type
 from nebula_core.contract.kv import InstanceSeed
 from nebula_core.contract.limits import CONSOLE_DEFAULT_BYTES, CONSOLE_MAX_BYTES, USER_DATA_MAX_BYTES
-from nebula_core.contract.node import ConsoleRequest, NodeReply
+from nebula_core.contract.node import ConsoleRequest
 from nebula_core.contract.types import Quotas, Resources
 from nebula_core.domain import Instance, create_with_id
 from nebula_core.eventstore import EventStore
+from nebula_core.messaging import NodeClient
 
 ops = Operations()
 
@@ -331,23 +332,16 @@ async def console(request: web.Request) -> web.Response:
     raw = request.query.get("bytes", str(CONSOLE_DEFAULT_BYTES))
     if not raw.isdigit() or not 1 <= int(raw) <= CONSOLE_MAX_BYTES:
         raise Invalid(f"bytes must be a whole number from 1 to {CONSOLE_MAX_BYTES}", ["query:bytes"])
-    nc = request.app[keys.NATS_CLIENT]
-    ask = ConsoleRequest(instance_id=instance_id, max_bytes=int(raw))
-    try:
-        reply = await nc.request(
-            subjects.node_subject(instance.node_id, "console"), msgspec.json.encode(ask), timeout=10
-        )
-    except Exception as err:
-        raise NodeUnavailable(f"node {instance.node_id} did not answer: {type(err).__name__}") from err
-    answer = msgspec.json.decode(reply.data, type=NodeReply)
-    if answer.error is not None or answer.console is None:
-        message = answer.error.message if answer.error else "no console output"
-        raise NodeUnavailable(f"node {instance.node_id}: {message}")
+    # The node's own error keeps its type: a domain the node does not have is a 404.
+    nodes = NodeClient(request.app[keys.NATS_CLIENT], timeout=10)
+    reply = await nodes.call(instance.node_id, "console", ConsoleRequest(instance_id=instance_id, max_bytes=int(raw)))
+    if reply.console is None:
+        raise NodeUnavailable(f"node {instance.node_id} answered without console output")
     return respond(
         shapes.Console(
             instance_id=instance_id,
             node_id=instance.node_id,
-            data=answer.console.data,
-            truncated=answer.console.truncated,
+            data=reply.console.data,
+            truncated=reply.console.truncated,
         )
     )

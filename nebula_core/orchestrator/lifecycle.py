@@ -42,8 +42,8 @@ from nebula_core.contract.node import (
 from nebula_core.domain import Image, Instance
 from nebula_core.domain.instance import PLACED
 from nebula_core.eventstore import EventStore
+from nebula_core.messaging import NodeClient
 from nebula_core.orchestrator.fleet import Fleet
-from nebula_core.orchestrator.nodes import NodeClient, NodeError
 from nebula_core.orchestrator.placement import NoValidHost, rank
 
 log = logging.getLogger("nebula.orchestrator")
@@ -167,8 +167,8 @@ class Lifecycle:
             return
         try:
             await self._nodes.call(node_id, "create", request)
-        except (NodeError, NodeUnavailable) as err:
-            await self.fail(instance_id, str(err))
+        except NebulaError as err:  # the node's own error, or no answer
+            await self.fail(instance_id, node_failure(node_id, "create", err))
             # A node that timed out may still finish the create (its agent runs the delete
             # after it), and one that failed may have left disks: leave nothing behind
             # that no claim accounts for.
@@ -272,12 +272,12 @@ class Lifecycle:
         node_id = instance.node_id
         try:
             await self._nodes.call(node_id, op, request, timeout=self._settings.node_timeout + extra_timeout)
-        except NodeError as err:
-            await self.fail(instance_id, str(err))
-            return
-        except NodeUnavailable as err:
+        except NodeUnavailable as err:  # no answer, or the node cannot reach its hypervisor
             reason = str(err)
             await self.change(Instance, instance_id, lambda i: i.lose(reason))
+            return
+        except NebulaError as err:
+            await self.fail(instance_id, node_failure(node_id, op, err))
             return
         await self.change(Instance, instance_id, done)
         log.info("instance=%s node=%s %s done", instance_id, node_id, op)
@@ -372,3 +372,9 @@ def _outcome(instance: Instance, seen: DomainState, node_id: str, reason: str) -
             return lambda i: i.fail(f"the domain vanished from node {node_id}")
         return None
     return None
+
+
+def node_failure(node_id: str, op: str, err: NebulaError) -> str:
+    """An instance's error after node `node_id` failed `op`: the node named once (an
+    unanswered call's `NodeUnavailable` names it already)."""
+    return str(err) if isinstance(err, NodeUnavailable) else f"node {node_id} could not {op}: {err}"

@@ -31,11 +31,10 @@ from nebula_core.contract.kv import Heartbeat
 from nebula_core.domain import AGGREGATES
 from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
-from nebula_core.messaging import make_broker
+from nebula_core.messaging import NodeClient, make_broker
 from nebula_core.orchestrator.fleet import Fleet
 from nebula_core.orchestrator.lifecycle import ACTOR, Lifecycle
 from nebula_core.orchestrator.liveness import Liveness
-from nebula_core.orchestrator.nodes import NodeClient
 from nebula_core.orchestrator.reconciler import Reconciler
 
 log = logging.getLogger("nebula.orchestrator")
