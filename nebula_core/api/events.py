@@ -19,7 +19,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from nebula_core.api import keys
 from nebula_core.api.auth import Principal, principal
-from nebula_core.api.instances import record
+from nebula_core.api.event_records import record
 from nebula_core.api.routing import Operations
 from nebula_core.contract import subjects
 from nebula_core.contract.errors import Invalid

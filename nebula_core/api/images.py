@@ -9,7 +9,7 @@ from aiohttp import web
 from nebula_core.api import keys, queries
 from nebula_core.api.auth import require_admin
 from nebula_core.api.idempotency import new_id
-from nebula_core.api.projects import path_uuid, read_your_write
+from nebula_core.api.resources import path_uuid, read_your_write
 from nebula_core.api.routing import Operations, body, respond
 from nebula_core.contract import http as shapes
 from nebula_core.contract.errors import Conflict, NotFound

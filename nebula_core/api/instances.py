@@ -15,13 +15,13 @@ from nats.js.errors import KeyWrongLastSequenceError
 
 from nebula_core.api import keys, queries
 from nebula_core.api.auth import principal, require_role
+from nebula_core.api.event_records import record
 from nebula_core.api.idempotency import new_id
-from nebula_core.api.projects import etag, if_match, path_uuid, read_your_write
+from nebula_core.api.resources import etag, if_match, path_uuid, read_your_write
 from nebula_core.api.routing import Operations, body, respond
 from nebula_core.contract import commands, subjects
 from nebula_core.contract import http as shapes
 from nebula_core.contract.errors import Conflict, Invalid, NodeUnavailable, NotFound, QuotaExceeded
-from nebula_core.contract.events import encode_event, event_type
 from nebula_core.contract.kv import InstanceSeed
 from nebula_core.contract.limits import CONSOLE_DEFAULT_BYTES, CONSOLE_MAX_BYTES, USER_DATA_MAX_BYTES
 from nebula_core.contract.node import ConsoleRequest
@@ -299,22 +299,6 @@ async def instance_events(request: web.Request) -> web.Response:
     await _visible(request, instance_id)
     history = await request.app[keys.WRITER].store.history("instance", instance_id)
     return respond(shapes.Page(items=[record(s.seq, s.event) for s in history], next=None))
-
-
-def record(seq: int, event: object) -> shapes.EventRecord:
-    """An event as integrators see it: envelope fields on top, the rest under `data`."""
-    data = msgspec.json.decode(encode_event(event))  # type: ignore[arg-type]
-    envelope = {k: data.pop(k) for k in ("type", "id", "version", "at", "actor")}
-    return shapes.EventRecord(
-        seq=seq,
-        type=envelope["type"],
-        aggregate=event_type(event).split(".")[0],  # type: ignore[arg-type]
-        id=uuid.UUID(envelope["id"]),
-        version=envelope["version"],
-        at=datetime.fromisoformat(envelope["at"].replace("Z", "+00:00")),
-        actor=envelope["actor"],
-        data=data,
-    )
 
 
 @ops(
