@@ -19,6 +19,7 @@ from nats.js import JetStreamContext
 from nebula_core.allinone import init
 from nebula_core.allinone.embedded import NatsServer, Postgres
 from nebula_core.contract import topology
+from nebula_core.projections import database, migrate
 
 
 @pytest.fixture
@@ -70,13 +71,13 @@ def _with_database(dsn: str, database: str) -> str:
 async def pg_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
     """A DSN to a brand-new, empty database, dropped after the test."""
     name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(pg_server_dsn)
+    admin = await database.connect(pg_server_dsn)
     try:
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     yield _with_database(pg_server_dsn, name)
-    admin = await asyncpg.connect(pg_server_dsn)
+    admin = await database.connect(pg_server_dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
@@ -85,14 +86,12 @@ async def pg_dsn(pg_server_dsn: str) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def pool(pg_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    """A pool on a fresh database holding every migration."""
-    from nebula_core.projections import migrate
-
-    conn = await asyncpg.connect(pg_dsn)
+    """A pool on a fresh database holding every migration, opened as Nebula opens its pools."""
+    conn = await database.connect(pg_dsn)
     try:
         await migrate.apply(conn)
     finally:
         await conn.close()
-    created = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=10)
+    created = await database.create_pool(pg_dsn, min_size=1, max_size=10)
     yield created
     await created.close()

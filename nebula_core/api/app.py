@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import asyncpg
 from aiohttp import web
 
 from nebula_core import nats_client
@@ -22,6 +21,7 @@ from nebula_core.contract.limits import API_BODY_MAX_BYTES
 from nebula_core.domain import AGGREGATES
 from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
+from nebula_core.projections import database
 
 MODULES = (projects, users, images, instances, nodes, events, system)
 
@@ -37,7 +37,7 @@ def openapi_document() -> dict:  # type: ignore[type-arg]
 async def _backends(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     nc = await nats_client.connect(settings.nats_url, name="nebula-api")
-    pool = await asyncpg.create_pool(settings.pg_dsn, min_size=2, max_size=20)
+    pool = await database.create_pool(settings.pg_dsn, min_size=2, max_size=20)
     js = nc.jetstream()
     app[keys.NATS_CLIENT] = nc
     app[keys.POOL] = pool

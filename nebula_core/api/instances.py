@@ -133,9 +133,7 @@ async def create_instance(request: web.Request) -> web.Response:
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"quota:{spec.project_id}")
         if not await writer.projected(await writer.stream_head(), timeout=QUOTA_CATCH_UP_S, using=conn):
             raise NodeUnavailable("the read models are lagging; quotas cannot be checked now — retry shortly")
-        quotas = msgspec.json.decode(
-            await conn.fetchval("SELECT quotas FROM projects WHERE id = $1", spec.project_id), type=Quotas
-        )
+        quotas = await queries.quotas(conn, spec.project_id)
         _check_quota(quotas, await queries.usage(conn, spec.project_id), flavor)
         token = await _store_seed(writer.js, instance_id, spec.user_data)
         instance = create_with_id(

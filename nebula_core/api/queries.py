@@ -85,7 +85,7 @@ def tag_filters(where: Where, query: Any, alias: str) -> None:
         if not key:
             raise Invalid("tag filters look like tag=key or tag=key=value", ["query:tag"])
         if sep:
-            where.add(f"{alias}.tags @> {{}}::jsonb", json.dumps({key: value}))
+            where.add(f"{alias}.tags @> {{}}::jsonb", {key: value})
         else:
             where.add(f"{alias}.tags ? {{}}", key)
 
@@ -98,8 +98,8 @@ def project_shape(row: asyncpg.Record, usage: shapes.Usage | None = None) -> sha
         id=row["id"],
         name=row["name"],
         description=row["description"],
-        tags=json.loads(row["tags"]),
-        quotas=msgspec.json.decode(row["quotas"], type=Quotas),
+        tags=row["tags"],
+        quotas=msgspec.convert(row["quotas"], Quotas),
         usage=usage or shapes.Usage(),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
@@ -116,6 +116,10 @@ async def usage(conn: asyncpg.Pool | asyncpg.Connection, project_id: uuid.UUID) 
         project_id,
     )
     return shapes.Usage(**dict(row))
+
+
+async def quotas(conn: asyncpg.Pool | asyncpg.Connection, project_id: uuid.UUID) -> Quotas:
+    return msgspec.convert(await conn.fetchval("SELECT quotas FROM projects WHERE id = $1", project_id), Quotas)
 
 
 async def project(pool: asyncpg.Pool, project_id: uuid.UUID) -> shapes.Project | None:
@@ -143,7 +147,7 @@ def instance_shape(row: asyncpg.Record) -> shapes.Instance:
         project_id=row["project_id"],
         name=row["name"],
         description=row["description"],
-        tags=json.loads(row["tags"]),
+        tags=row["tags"],
         region=row["region"],
         vcpus=row["vcpus"],
         ram_mb=row["ram_mb"],

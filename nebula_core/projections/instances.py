@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncpg
-import msgspec
 
 from nebula_core.contract import events as ev
 
@@ -19,7 +18,7 @@ async def created(conn: asyncpg.Connection, e: ev.InstanceCreated, seq: int) -> 
         e.owner_id,
         e.name,
         e.description,
-        msgspec.json.encode(e.tags).decode(),
+        e.tags,
         e.region,
         e.flavor.vcpus,
         e.flavor.ram_mb,
@@ -40,7 +39,7 @@ async def updated(conn: asyncpg.Connection, e: ev.InstanceUpdated, seq: int) -> 
         e.id,
         e.name,
         e.description,
-        msgspec.json.encode(e.tags).decode(),
+        e.tags,
         e.at,
         e.version,
         seq,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncpg
-import msgspec
 
 from nebula_core.contract import events as ev
 
@@ -15,8 +14,8 @@ async def created(conn: asyncpg.Connection, e: ev.ProjectCreated, seq: int) -> N
         e.id,
         e.name,
         e.description,
-        msgspec.json.encode(e.tags).decode(),
-        msgspec.json.encode(e.quotas).decode(),
+        e.tags,
+        e.quotas,
         e.at,
         e.version,
         seq,
@@ -30,8 +29,8 @@ async def updated(conn: asyncpg.Connection, e: ev.ProjectUpdated, seq: int) -> N
         e.id,
         e.name,
         e.description,
-        msgspec.json.encode(e.tags).decode(),
-        msgspec.json.encode(e.quotas).decode(),
+        e.tags,
+        e.quotas,
         e.at,
         e.version,
         seq,

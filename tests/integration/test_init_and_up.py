@@ -19,6 +19,7 @@ from nebula_core.contract.types import Quotas
 from nebula_core.domain import AGGREGATES, Project
 from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
+from nebula_core.projections import database
 from nebula_core.projections.checkpoint import checkpoint
 from nebula_core.projections.handlers import TABLES
 from nebula_core.projections.projector import Projector
@@ -131,7 +132,7 @@ async def test_replay_rebuilds_from_the_command_line(nats_server: NatsServer, pg
     env = {"NEBULA_NATS_URL": nats_server.url, "NEBULA_PG_DSN": pg_dsn}
     assert nebula("init", env=env).returncode == 0
     client = await nats.connect(nats_server.url)
-    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=4)
+    pool = await database.create_pool(pg_dsn, min_size=1, max_size=4)
     try:
         js = client.jetstream()
         store = EventStore(js, Codec(*AGGREGATES))
