@@ -8,7 +8,8 @@
 
 A transition that the state does not allow raises `IllegalTransition` (the API's 409).
 Reports from the node that merely confirm the current state record nothing, so a
-repeated report is harmless.
+repeated report is harmless. The state each event leads to comes from `states.STATE_AFTER`,
+the table the instances read model uses too.
 """
 
 from __future__ import annotations
@@ -19,16 +20,10 @@ from typing import ClassVar
 
 from eventsourcing.domain import Aggregate, event
 
+from nebula_core.contract import events as ev
 from nebula_core.contract.errors import IllegalTransition
 from nebula_core.contract.types import InstanceState, Resources
-
-LIVE = frozenset(
-    {"pending", "scheduled", "running", "stopping", "stopped", "starting", "rebooting", "error", "unknown"}
-)
-#: States in which the instance has (or may have) a domain on a node.
-PLACED = frozenset({"scheduled", "running", "stopping", "stopped", "starting", "rebooting"})
-#: States in which work is under way; the reconciler re-drives an instance stuck in one.
-TRANSITIONAL = frozenset({"pending", "scheduled", "stopping", "starting", "rebooting", "deleting"})
+from nebula_core.domain.states import LIVE, PLACED, state_after
 
 
 class Instance(Aggregate):
@@ -64,13 +59,18 @@ class Instance(Aggregate):
         self.user_data_size = user_data_size
         self.user_data_sha256 = user_data_sha256
         self.metadata_token_hash = metadata_token_hash
-        self.state: InstanceState = "pending"
+        self.state: InstanceState = state_after(ev.InstanceCreated)
         self.node_id: str | None = None
         self.error = ""
         self.booted_at: datetime | None = None
         #: Its domain was last known off (stopped, as asked or on its own): an evacuation
         #: rebuilds it off too, rather than booting what its owner had shut down.
         self.powered_off = False
+
+    def _already(self, event_type: type[ev.Event]) -> bool:
+        """Whether the instance is already in the state `event_type` leads to: a repeated
+        outcome, which records nothing."""
+        return self.state == state_after(event_type)
 
     def _require(self, action: str, *allowed: str) -> None:
         if self.state not in allowed:
@@ -100,7 +100,7 @@ class Instance(Aggregate):
 
     @event("StopRequested")
     def _stop_requested(self) -> None:
-        self.state = "stopping"
+        self.state = state_after(ev.InstanceStopRequested)
 
     def request_start(self) -> None:
         self._require("start", "stopped")
@@ -108,7 +108,7 @@ class Instance(Aggregate):
 
     @event("StartRequested")
     def _start_requested(self) -> None:
-        self.state = "starting"
+        self.state = state_after(ev.InstanceStartRequested)
 
     def request_reboot(self) -> None:
         self._require("reboot", "running")
@@ -116,7 +116,7 @@ class Instance(Aggregate):
 
     @event("RebootRequested")
     def _reboot_requested(self) -> None:
-        self.state = "rebooting"
+        self.state = state_after(ev.InstanceRebootRequested)
 
     def request_delete(self) -> None:
         self._require("delete", *LIVE)
@@ -124,7 +124,7 @@ class Instance(Aggregate):
 
     @event("DeleteRequested")
     def _delete_requested(self) -> None:
-        self.state = "deleting"
+        self.state = state_after(ev.InstanceDeleteRequested)
 
     # --- outcomes, recorded by the orchestrator -----------------------------------------
 
@@ -136,21 +136,21 @@ class Instance(Aggregate):
 
     @event("Scheduled")
     def _scheduled(self, node_id: str) -> None:
-        self.state, self.node_id, self.error = "scheduled", node_id, ""
+        self.state, self.node_id, self.error = state_after(ev.InstanceScheduled), node_id, ""
 
     def launch(self) -> None:
-        if self.state == "running":
+        if self._already(ev.InstanceLaunched):
             return
         self._require("launch", "scheduled")
         self._launched()
 
     @event("Launched")
     def _launched(self) -> None:
-        self.state, self.powered_off = "running", False
+        self.state, self.powered_off = state_after(ev.InstanceLaunched), False
 
     def mark_stopped(self, reason: str = "") -> None:
         """The domain is off: as asked, or the guest shut itself down, or found so after an outage."""
-        if self.state == "stopped":
+        if self._already(ev.InstanceStopped):
             return
         # From `scheduled`: an instance that was off, rebuilt off on another node.
         self._require("mark stopped", "stopping", "running", "rebooting", "starting", "unknown", "scheduled")
@@ -158,59 +158,59 @@ class Instance(Aggregate):
 
     @event("Stopped")
     def _stopped(self, reason: str = "") -> None:
-        self.state, self.powered_off = "stopped", True
+        self.state, self.powered_off = state_after(ev.InstanceStopped), True
 
     def mark_started(self) -> None:
         """The domain runs again: after a start, or found running after an outage."""
-        if self.state == "running":
+        if self._already(ev.InstanceStarted):
             return
         self._require("mark started", "starting", "stopped", "unknown")
         self._started()
 
     @event("Started")
     def _started(self) -> None:
-        self.state, self.powered_off = "running", False
+        self.state, self.powered_off = state_after(ev.InstanceStarted), False
 
     def mark_rebooted(self) -> None:
-        if self.state == "running":
+        if self._already(ev.InstanceRebooted):
             return
         self._require("mark rebooted", "rebooting")
         self._rebooted()
 
     @event("Rebooted")
     def _rebooted(self) -> None:
-        self.state = "running"
+        self.state = state_after(ev.InstanceRebooted)
 
     def mark_deleted(self) -> None:
-        if self.state == "deleted":
+        if self._already(ev.InstanceDeleted):
             return
         self._require("mark deleted", "deleting")
         self._deleted()
 
     @event("Deleted")
     def _deleted(self) -> None:
-        self.state = "deleted"
+        self.state = state_after(ev.InstanceDeleted)
 
     def fail(self, reason: str) -> None:
-        if self.state == "error" and self.error == reason:
+        if self._already(ev.InstanceFailed) and self.error == reason:
             return
         self._require("fail", *LIVE)
         self._failed(reason)
 
     @event("Failed")
     def _failed(self, reason: str) -> None:
-        self.state, self.error = "error", reason
+        self.state, self.error = state_after(ev.InstanceFailed), reason
 
     def lose(self, reason: str) -> None:
         """Its node went silent: what the domain is doing is unknown."""
-        if self.state == "unknown":
+        if self._already(ev.InstanceLost):
             return
         self._require("lose", *PLACED)
         self._lost(reason)
 
     @event("Lost")
     def _lost(self, reason: str) -> None:
-        self.state, self.error = "unknown", reason
+        self.state, self.error = state_after(ev.InstanceLost), reason
 
     def reschedule(self, reason: str) -> None:
         """Evacuation: leave the dead node and go back to placement."""
@@ -221,7 +221,7 @@ class Instance(Aggregate):
 
     @event("Rescheduled")
     def _rescheduled(self, from_node_id: str, reason: str) -> None:
-        self.state, self.node_id, self.error = "pending", None, ""
+        self.state, self.node_id, self.error = state_after(ev.InstanceRescheduled), None, ""
 
     def boot(self, booted_at: datetime) -> None:
         """The guest phoned home; recorded once per instance."""

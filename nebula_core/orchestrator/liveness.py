@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from nebula_core.contract import commands
 from nebula_core.contract.errors import IllegalTransition, NebulaError, NotFound
 from nebula_core.domain import Instance
-from nebula_core.domain.instance import PLACED
+from nebula_core.domain.states import PLACED
 from nebula_core.messaging import publish_command
 from nebula_core.orchestrator.fleet import Fleet
 from nebula_core.orchestrator.lifecycle import ACTOR, Lifecycle

@@ -25,7 +25,7 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from nebula_core.config import Settings
-from nebula_core.contract import commands
+from nebula_core.domain.states import REDRIVE, TRANSITIONAL
 from nebula_core.messaging import publish_command
 from nebula_core.orchestrator.fleet import Fleet
 from nebula_core.orchestrator.lifecycle import ACTOR
@@ -34,16 +34,6 @@ from nebula_core.orchestrator.liveness import Liveness
 log = logging.getLogger("nebula.orchestrator.reconciler")
 
 _REDRIVE = uuid.UUID("0b7f6c52-7d1e-5c55-a8f1-6a2e4d3c2b10")
-
-#: The command that drives an instance out of each transitional state.
-REDRIVE: dict[str, type[commands.Command]] = {
-    "pending": commands.PlaceInstance,
-    "scheduled": commands.PlaceInstance,
-    "stopping": commands.StopInstance,
-    "starting": commands.StartInstance,
-    "rebooting": commands.RebootInstance,
-    "deleting": commands.DeleteInstance,
-}
 
 
 def redrive_id(instance_id: uuid.UUID, version: int) -> uuid.UUID:
@@ -95,7 +85,7 @@ class Reconciler:
         rows = await self._pool.fetch(
             "SELECT id, state, version FROM instances WHERE state = ANY($1::text[])"
             " AND updated_at < now() - make_interval(secs => $2)",
-            list(REDRIVE),
+            list(TRANSITIONAL),
             self._settings.reconcile_interval,
         )
         for row in rows:

@@ -1,10 +1,14 @@
-"""instances: one row per instance, its state following the lifecycle events."""
+"""instances: one row per instance, its state following the lifecycle events as
+`domain.states.STATE_AFTER` says (the table the Instance aggregate follows too)."""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 
 from nebula_core.contract import events as ev
+from nebula_core.domain.states import STATE_AFTER, state_after
 
 
 async def created(conn: asyncpg.Connection, e: ev.InstanceCreated, seq: int) -> None:
@@ -12,7 +16,7 @@ async def created(conn: asyncpg.Connection, e: ev.InstanceCreated, seq: int) -> 
         """INSERT INTO instances (id, project_id, owner_id, name, description, tags, region, vcpus, ram_mb, disk_gb,
                                   image_id, user_data_size, user_data_sha256, state, created_at, updated_at,
                                   version, last_seq)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'pending', $14, $14, $15, $16)""",
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $17, $14, $14, $15, $16)""",
         e.id,
         e.project_id,
         e.owner_id,
@@ -29,6 +33,7 @@ async def created(conn: asyncpg.Connection, e: ev.InstanceCreated, seq: int) -> 
         e.at,
         e.version,
         seq,
+        state_after(ev.InstanceCreated),
     )
 
 
@@ -47,7 +52,11 @@ async def updated(conn: asyncpg.Connection, e: ev.InstanceUpdated, seq: int) -> 
 
 
 async def _set(conn: asyncpg.Connection, e: ev.Event, seq: int, **columns: object) -> None:
-    """Update the given columns (names are ours, never user input) plus the bookkeeping ones."""
+    """Update the given columns (names are ours, never user input), the state the event
+    leads to (if it moves it) and the bookkeeping columns."""
+    state = STATE_AFTER[type(e)]
+    if state is not None:
+        columns = {"state": state, **columns}
     names = list(columns)
     assignments = ", ".join(f"{name} = ${i}" for i, name in enumerate(names, start=5))
     await conn.execute(
@@ -60,46 +69,38 @@ async def _set(conn: asyncpg.Connection, e: ev.Event, seq: int, **columns: objec
     )
 
 
-def _state(state: str, **extra: object):  # type: ignore[no-untyped-def]
-    async def handler(conn: asyncpg.Connection, e: ev.Event, seq: int) -> None:
-        await _set(conn, e, seq, state=state, **extra)
-
-    return handler
+async def moved(conn: asyncpg.Connection, e: ev.Event, seq: int) -> None:
+    """An event that changes nothing but the state."""
+    await _set(conn, e, seq)
 
 
 async def scheduled(conn: asyncpg.Connection, e: ev.InstanceScheduled, seq: int) -> None:
-    await _set(conn, e, seq, state="scheduled", node_id=e.node_id, error="")
+    await _set(conn, e, seq, node_id=e.node_id, error="")
 
 
 async def failed(conn: asyncpg.Connection, e: ev.InstanceFailed, seq: int) -> None:
-    await _set(conn, e, seq, state="error", error=e.reason)
+    await _set(conn, e, seq, error=e.reason)
 
 
 async def lost(conn: asyncpg.Connection, e: ev.InstanceLost, seq: int) -> None:
-    await _set(conn, e, seq, state="unknown", error=e.reason)
+    await _set(conn, e, seq, error=e.reason)
 
 
 async def rescheduled(conn: asyncpg.Connection, e: ev.InstanceRescheduled, seq: int) -> None:
-    await _set(conn, e, seq, state="pending", node_id=None, error="")
+    await _set(conn, e, seq, node_id=None, error="")
 
 
 async def booted(conn: asyncpg.Connection, e: ev.InstanceBooted, seq: int) -> None:
     await _set(conn, e, seq, booted_at=e.booted_at)
 
 
-HANDLERS = {
+#: Every instance event of the state table; those with more to record than the state have
+#: a handler of their own.
+HANDLERS: dict[type[ev.Event], Callable[..., Awaitable[None]]] = {
+    **dict.fromkeys(STATE_AFTER, moved),
     ev.InstanceCreated: created,
     ev.InstanceUpdated: updated,
     ev.InstanceScheduled: scheduled,
-    ev.InstanceLaunched: _state("running"),
-    ev.InstanceStopRequested: _state("stopping"),
-    ev.InstanceStopped: _state("stopped"),
-    ev.InstanceStartRequested: _state("starting"),
-    ev.InstanceStarted: _state("running"),
-    ev.InstanceRebootRequested: _state("rebooting"),
-    ev.InstanceRebooted: _state("running"),
-    ev.InstanceDeleteRequested: _state("deleting"),
-    ev.InstanceDeleted: _state("deleted"),
     ev.InstanceFailed: failed,
     ev.InstanceLost: lost,
     ev.InstanceRescheduled: rescheduled,
