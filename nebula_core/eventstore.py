@@ -16,6 +16,9 @@ Guarantees, all enforced by the server rather than by this process:
 Several events saved at once are appended one by one, each expecting the previous one's
 sequence; if the process dies between two, a prefix is stored — each event is a complete
 fact, and the retry (same message ids) completes the rest.
+
+Writers change an aggregate through `EventStore.change`, the one load-apply-append loop:
+it retries on a fresh copy after a conflict, and never decides on a stale one.
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import nats.errors
 import nats.js.errors
@@ -34,7 +39,7 @@ from nats.js.api import DeliverPolicy
 
 from nebula_core.contract import subjects
 from nebula_core.contract.errors import ConcurrencyConflict, NotFound
-from nebula_core.contract.events import Event, decode_event, encode_event, event_type
+from nebula_core.contract.events import Event, aggregate_of, decode_event, encode_event, event_type
 from nebula_core.domain.codec import Codec
 
 A = TypeVar("A", bound=Aggregate)
@@ -43,6 +48,8 @@ A = TypeVar("A", bound=Aggregate)
 DIRECT_READ_MAX = 32
 #: JetStream's error code for a failed `Nats-Expected-Last-Subject-Sequence` check.
 WRONG_LAST_SEQUENCE = 10071
+#: Load-apply-append rounds `EventStore.change` makes before it lets a conflict through.
+CHANGE_TRIES = 10
 
 
 class StoredEvent(NamedTuple):
@@ -50,6 +57,20 @@ class StoredEvent(NamedTuple):
 
     seq: int
     event: Event
+
+
+@dataclass(frozen=True)
+class Changed(Generic[A]):
+    """What `EventStore.change` did: the aggregate as saved, and the stream sequences of the
+    events it appended (none when the change found nothing to record)."""
+
+    aggregate: A
+    sequences: list[int]
+
+    @property
+    def last_seq(self) -> int | None:
+        """The stream sequence of the last event appended, None if none was."""
+        return self.sequences[-1] if self.sequences else None
 
 
 class EventStore:
@@ -86,10 +107,58 @@ class EventStore:
         wire = [self._codec.to_wire(e, actor=actor) for e in pending]
         return await self.append(wire)
 
+    async def change(
+        self,
+        cls: type[A],
+        aggregate_id: uuid.UUID,
+        apply: Callable[[A], None],
+        *,
+        actor: str,
+        tries: int = CHANGE_TRIES,
+        expected_version: int | None = None,
+        loaded: A | None = None,
+    ) -> Changed[A]:
+        """Load the aggregate, `apply` a command to it, append what the command recorded;
+        after a concurrent append, load it again and apply again, up to `tries` times.
+
+        Safe to repeat: `apply` always decides on the aggregate as stored, and its events are
+        appended only if nothing was appended since that load (else it decides again on the
+        fresh state), so no decision is lost, made twice or made on stale state; an `apply`
+        that records nothing (the aggregate's commands ignore a repeat) appends nothing.
+        What `apply` raises (`IllegalTransition`, `InsufficientCapacity`, ...) and `NotFound`
+        propagate at once, as trying again would not change the answer.
+
+        `expected_version` (a client's `If-Match`): no retry; a stale version raises
+        `ConcurrencyConflict` naming the version given and the version stored.
+        `loaded`: a copy the caller already holds (a cache), tried first instead of a load.
+        Raises `ConcurrencyConflict` when every one of the `tries` met a concurrent writer.
+        """
+        kind = self._codec.kind_of(cls)
+        for attempt in range(tries):
+            if loaded is not None and attempt == 0:
+                aggregate = loaded
+            else:
+                aggregate = await self.load(cls, aggregate_id)
+            if expected_version is not None and aggregate.version != expected_version:
+                raise self._stale(kind, aggregate_id, aggregate.version, expected_version)
+            apply(aggregate)
+            try:
+                return Changed(aggregate, await self.save(aggregate, actor=actor))
+            except ConcurrencyConflict as conflict:
+                if expected_version is not None:
+                    last = await self._last(kind, aggregate_id)
+                    stored = last.event.version if last is not None else 0
+                    raise self._stale(kind, aggregate_id, stored, expected_version) from conflict
+        raise ConcurrencyConflict(f"{kind} {aggregate_id} kept changing under {tries} tries")
+
+    @staticmethod
+    def _stale(kind: str, aggregate_id: uuid.UUID, stored: int, expected: int) -> ConcurrencyConflict:
+        return ConcurrencyConflict(f"{kind} {aggregate_id} is at version {stored}, not {expected}")
+
     async def append(self, events: list[Event]) -> list[int]:
         """Append wire events of one aggregate, versions consecutive; see the module doc."""
         first = events[0]
-        kind = first.__struct_config__.tag.split(".", 1)[0]
+        kind = aggregate_of(first)
         subject = subjects.event_subject(kind, first.id)
         expected = await self._sequence_of(kind, first.id, first.version - 1)
         sequences = []
