@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 import yaml
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from nebula_core import nats_client
 from nebula_core.config import Settings
@@ -36,7 +37,6 @@ log = logging.getLogger("nebula.meta")
 
 MODEL = web.AppKey("model", Instances)
 STORE = web.AppKey("store", EventStore)
-LIMITER = web.AppKey("limiter", "RateLimiter")
 SETTINGS = web.AppKey("settings", Settings)
 
 _NOT_FOUND = "404: Not Found"
@@ -59,6 +59,9 @@ class RateLimiter:
         while len(self._buckets) > self.remember:
             self._buckets.popitem(last=False)
         return allowed
+
+
+LIMITER = web.AppKey("limiter", RateLimiter)
 
 
 def _authorised(request: web.Request) -> Record:
@@ -129,23 +132,28 @@ async def network_config(request: web.Request) -> web.Response:
 
 @routes.post(PREFIX + "phone-home")
 async def phone_home(request: web.Request) -> web.Response:
-    """Record `booted_at` once: the aggregate ignores every phone-home after the first."""
+    """Record `booted_at` once: the aggregate ignores every phone-home after the first, so a
+    guest may repeat it. One that could not be recorded because the instance kept changing
+    under it gets a 503, which the guest retries."""
     record = _authorised(request)
     await request.read()  # whatever the guest says (cloud-init sends its keys) is not kept
-    store = request.app[STORE]
     now = datetime.now(UTC)
-    for _ in range(5):
-        try:
-            instance = await store.load(Instance, record.instance_id)
-            instance.boot(now)
-            await store.save(instance, actor="system:meta")
-            break
-        except ConcurrencyConflict:
-            continue
-        except (IllegalTransition, NotFound) as err:
-            log.info("phone-home not recorded instance=%s reason=%s", record.instance_id, err)
-            break
-    log.info("phone-home instance=%s", record.instance_id)
+    try:
+        changed = await request.app[STORE].change(
+            Instance, record.instance_id, lambda instance: instance.boot(now), actor="system:meta"
+        )
+    except IllegalTransition as err:  # deleting, stopped, failed: there is no boot to record
+        log.info("phone-home not recorded instance=%s reason=%s", record.instance_id, err)
+        return web.Response(text="ok\n")
+    except NotFound:
+        raise web.HTTPNotFound(text=_NOT_FOUND) from None
+    except ConcurrencyConflict as err:
+        log.warning("phone-home not recorded, retry asked instance=%s reason=%s", record.instance_id, err)
+        raise web.HTTPServiceUnavailable(text="busy; retry", headers={"Retry-After": "1"}) from None
+    if changed.last_seq is None:
+        log.info("phone-home instance=%s again: already recorded", record.instance_id)
+    else:
+        log.info("phone-home instance=%s recorded seq=%d", record.instance_id, changed.last_seq)
     return web.Response(text="ok\n")
 
 
@@ -179,7 +187,7 @@ async def _follow(app: web.Application) -> AsyncIterator[None]:
 
 
 @web.middleware
-async def plain_errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def plain_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every 404 looks the same, whatever the reason: nothing to learn from probing."""
     try:
         return await handler(request)

@@ -50,7 +50,7 @@ from nebula_core.contract.types import Overcommit, Resources
 from nebula_core.domain import AGGREGATES, Node, create_with_id
 from nebula_core.domain.codec import Codec
 from nebula_core.domain.node import node_uuid
-from nebula_core.eventstore import EventStore
+from nebula_core.eventstore import Changed, EventStore
 from nebula_core.messaging import make_broker, reply_errors
 from nebula_node.heartbeat import Heartbeats
 from nebula_node.libvirt.driver import LibvirtDriver
@@ -276,38 +276,45 @@ class NodeAgent:
         return self._node
 
     async def _register(self) -> None:
-        """Create the node's aggregate or bring it up to date; retried on a concurrent append
-        (an orchestrator claiming on this node at the same moment)."""
+        """Create the node's aggregate or bring it up to date. Safe to repeat: `reregister`
+        records nothing when nothing changed, and `EventStore.change` decides again on a
+        fresh copy after a concurrent append (an orchestrator claiming on this node)."""
         assert self._store is not None
-        node_id = node_uuid(self.node_id)
-        for _ in range(REGISTER_TRIES):
-            try:
-                node = await self._store.load(Node, node_id)
-                node.reregister(
-                    region=self.settings.region,
-                    capacity=self.capacity,
-                    overcommit=self.overcommit,
-                    agent_version=self.version,
-                )
-            except NotFound:
-                node = create_with_id(
-                    Node,
-                    node_id,
-                    name=self.node_id,
-                    region=self.settings.region,
-                    capacity=self.capacity,
-                    overcommit=self.overcommit,
-                    agent_version=self.version,
-                )
-            try:
-                sequences = await self._store.save(node, actor=self.actor)
-            except ConcurrencyConflict:
-                continue
-            self._node = node
-            self._node_seq = sequences[-1] if sequences else await self._last_node_seq()
-            log.info("node=%s registered (version %d)", self.node_id, node.version)
-            return
-        raise ConcurrencyConflict(f"node {self.node_id} kept changing under {REGISTER_TRIES} registrations")
+        try:
+            changed = await self._store.change(
+                Node, node_uuid(self.node_id), self._reregister, actor=self.actor, tries=REGISTER_TRIES
+            )
+        except NotFound:
+            changed = await self._first_registration()
+        self._node = changed.aggregate
+        self._node_seq = changed.last_seq or await self._last_node_seq()
+        log.info("node=%s registered (version %d)", self.node_id, changed.aggregate.version)
+
+    def _reregister(self, node: Node) -> None:
+        node.reregister(
+            region=self.settings.region,
+            capacity=self.capacity,
+            overcommit=self.overcommit,
+            agent_version=self.version,
+        )
+
+    async def _first_registration(self) -> Changed[Node]:
+        assert self._store is not None
+        node = create_with_id(
+            Node,
+            node_uuid(self.node_id),
+            name=self.node_id,
+            region=self.settings.region,
+            capacity=self.capacity,
+            overcommit=self.overcommit,
+            agent_version=self.version,
+        )
+        try:
+            return Changed(node, await self._store.save(node, actor=self.actor))
+        except ConcurrencyConflict:  # registered meanwhile (say, by a try whose ack was lost)
+            return await self._store.change(
+                Node, node_uuid(self.node_id), self._reregister, actor=self.actor, tries=REGISTER_TRIES
+            )
 
     async def _last_node_seq(self) -> int:
         assert self._js is not None

@@ -14,7 +14,6 @@ from nats.js import JetStreamContext
 
 from nebula_core.contract import subjects
 from nebula_core.contract.commands import Command
-from nebula_core.contract.errors import ConcurrencyConflict
 from nebula_core.eventstore import EventStore
 from nebula_core.messaging import publish_command
 from nebula_core.projections.checkpoint import checkpoint
@@ -46,24 +45,16 @@ class Writer:
         expected_version: int | None = None,
         attempts: int = 5,
     ) -> tuple[A, int]:
-        """Load, apply, save; on a concurrent append, retry from a fresh load.
+        """`EventStore.change`; returns the aggregate and the last appended event's stream
+        sequence (0 when the change recorded nothing).
 
         With `expected_version` (from `If-Match`) there is no retry: a stale version is the
         caller's conflict to resolve, and it gets `ConcurrencyConflict`.
         """
-        for attempt in range(attempts):
-            aggregate = await self.store.load(cls, aggregate_id)
-            if expected_version is not None and aggregate.version != expected_version:
-                raise ConcurrencyConflict(
-                    f"{cls.__name__.lower()} {aggregate_id} is at version {aggregate.version}, not {expected_version}"
-                )
-            apply(aggregate)
-            try:
-                return aggregate, await self.save(aggregate, actor=actor)
-            except ConcurrencyConflict:
-                if expected_version is not None or attempt == attempts - 1:
-                    raise
-        raise AssertionError("unreachable")
+        changed = await self.store.change(
+            cls, aggregate_id, apply, actor=actor, tries=attempts, expected_version=expected_version
+        )
+        return changed.aggregate, changed.last_seq or 0
 
     async def publish(self, command: Command) -> None:
         """Put a command on the work queue; its `command_id` makes a repeat harmless."""

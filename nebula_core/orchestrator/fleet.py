@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
-from nebula_core.contract.errors import ConcurrencyConflict, NotFound
+from nebula_core.contract.errors import NotFound
 from nebula_core.contract.kv import Heartbeat
 from nebula_core.domain import Node
 from nebula_core.domain.node import node_uuid, usable
@@ -35,8 +34,6 @@ class Fleet:
         self._store = store
         self._actor = actor
         self.heartbeats: dict[str, Heartbeat] = {}
-        #: When each node's heartbeat was last seen to go away (monotonic clock).
-        self.lost_at: dict[str, float] = {}
         self._nodes: dict[str, Node] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -46,14 +43,11 @@ class Fleet:
         """Record a heartbeat; True when the node was not live before."""
         returned = heartbeat.node_id not in self.heartbeats
         self.heartbeats[heartbeat.node_id] = heartbeat
-        self.lost_at.pop(heartbeat.node_id, None)
         return returned
 
     def silence(self, node_id: str) -> bool:
         """The node's key expired or was removed; True when it was live before."""
-        was_live = self.heartbeats.pop(node_id, None) is not None
-        self.lost_at.setdefault(node_id, time.monotonic())
-        return was_live
+        return self.heartbeats.pop(node_id, None) is not None
 
     def is_live(self, node_id: str) -> bool:
         return node_id in self.heartbeats
@@ -71,26 +65,20 @@ class Fleet:
         self._nodes.pop(node_id, None)
 
     async def change(self, node_id: str, change: Callable[[Node], None]) -> Node:
-        """Apply `change` to the node and append its events; retried on a fresh copy
-        after a concurrent writer. Exceptions from `change` (such as
-        `InsufficientCapacity`) propagate and leave the cache clean."""
+        """Apply `change` to the node and append its events (`EventStore.change`, starting
+        from the cached copy). Exceptions from `change` (such as `InsufficientCapacity`)
+        propagate and leave the cache clean."""
         async with self._locks[node_id]:
-            for _ in range(CHANGE_TRIES):
-                node = await self.node(node_id)
-                try:
-                    change(node)
-                    await self._store.save(node, actor=self._actor)
-                    return node
-                except ConcurrencyConflict:
-                    self.forget(node_id)
-                except BaseException:
-                    self.forget(node_id)
-                    raise
-            raise ConcurrencyConflict(f"node {node_id} kept changing under {CHANGE_TRIES} tries")
+            cached = self._nodes.pop(node_id, None)  # no reader sees a half-changed copy
+            changed = await self._store.change(
+                Node, node_uuid(node_id), change, actor=self._actor, tries=CHANGE_TRIES, loaded=cached
+            )
+            self._nodes[node_id] = changed.aggregate
+            return changed.aggregate
 
-    async def candidates(self, *, fresh: bool = False, known: set[str] = frozenset()) -> list[Candidate]:
+    async def candidates(self, *, fresh: bool = False) -> list[Candidate]:
         """Every node placement may consider: the live ones and those known to be down."""
-        names = set(self.heartbeats) | set(self._nodes) | set(known)
+        names = set(self.heartbeats) | set(self._nodes)
         if fresh:
             for name in names:
                 self.forget(name)

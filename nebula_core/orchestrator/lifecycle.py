@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import TypeVar
 
 import msgspec
@@ -24,7 +25,6 @@ from nats.js.errors import KeyNotFoundError
 from nebula_core.config import Settings
 from nebula_core.contract import commands, subjects
 from nebula_core.contract.errors import (
-    ConcurrencyConflict,
     IllegalTransition,
     InsufficientCapacity,
     NebulaError,
@@ -40,7 +40,7 @@ from nebula_core.contract.node import (
     StopRequest,
 )
 from nebula_core.domain import Image, Instance
-from nebula_core.domain.instance import PLACED
+from nebula_core.domain.states import PLACED
 from nebula_core.eventstore import EventStore
 from nebula_core.messaging import NodeClient
 from nebula_core.orchestrator.fleet import Fleet
@@ -53,7 +53,6 @@ A = TypeVar("A", bound=Aggregate)
 ACTOR = "system:orchestrator"
 #: Rounds of placement (plan, claim) before an instance that keeps losing races fails.
 PLACEMENT_ROUNDS = 8
-CHANGE_TRIES = 10
 
 
 def seed_url(meta_url: str, instance_id: uuid.UUID, token: str) -> str:
@@ -74,16 +73,8 @@ class Lifecycle:
     # --- recording -------------------------------------------------------------------
 
     async def change(self, cls: type[A], aggregate_id: uuid.UUID, apply: Callable[[A], None]) -> A:
-        """Load, apply, append; reloaded and re-applied after a concurrent writer."""
-        for _ in range(CHANGE_TRIES):
-            aggregate = await self._store.load(cls, aggregate_id)
-            apply(aggregate)
-            try:
-                await self._store.save(aggregate, actor=ACTOR)
-                return aggregate
-            except ConcurrencyConflict:
-                continue
-        raise ConcurrencyConflict(f"{cls.__name__} {aggregate_id} kept changing under {CHANGE_TRIES} tries")
+        """`EventStore.change` as the orchestrator: the aggregate after `apply` was recorded."""
+        return (await self._store.change(cls, aggregate_id, apply, actor=ACTOR)).aggregate
 
     async def instance(self, instance_id: uuid.UUID) -> Instance:
         return await self._store.load(Instance, instance_id)
@@ -179,10 +170,9 @@ class Lifecycle:
                     "instance=%s node=%s cleanup after a failed create failed: %s", instance_id, node_id, cleanup
                 )
             return
+        done: Callable[[Instance], None] = Instance.launch
         if instance.powered_off:  # rebuilt after an outage, off as its owner had left it
-            done: Callable[[Instance], None] = lambda i: i.mark_stopped(f"rebuilt on node {node_id}, off as it was")
-        else:
-            done = Instance.launch
+            done = partial(Instance.mark_stopped, reason=f"rebuilt on node {node_id}, off as it was")
         try:
             await self.change(Instance, instance_id, done)
         except IllegalTransition:
@@ -336,7 +326,7 @@ class Lifecycle:
                 await self._nodes.call(reporter, "delete", InstanceRequest(instance_id=command.instance_id))
             return
         assert instance is not None
-        outcome = _outcome(instance, seen, reporter, command.reason)
+        outcome = report_outcome(instance, seen, reporter, command.reason)
         if outcome is not None:
             try:
                 await self.change(Instance, instance.id, outcome)
@@ -347,7 +337,9 @@ class Lifecycle:
                 await self.release(reporter, instance.id)
 
 
-def _outcome(instance: Instance, seen: DomainState, node_id: str, reason: str) -> Callable[[Instance], None] | None:
+def report_outcome(
+    instance: Instance, seen: DomainState, node_id: str, reason: str
+) -> Callable[[Instance], None] | None:
     """How a reported domain state changes the instance (None: nothing to record)."""
     state = instance.state
     why = reason or "reported by the node"
