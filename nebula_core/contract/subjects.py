@@ -72,11 +72,3 @@ def node_subject(node_id: str, op: str) -> str:
     if op not in NODE_OPS:
         raise ValueError(f"unknown node operation {op!r}")
     return f"{NODE_PREFIX}.{_token(node_id, 'node id')}.{op}"
-
-
-def parse_event_subject(subject: str) -> tuple[str, str]:
-    """The (aggregate, id) an event subject names."""
-    prefix, kind, aggregate, aggregate_id = subject.split(".", 3)
-    if f"{prefix}.{kind}" != EVENTS_PREFIX or aggregate not in AGGREGATES:
-        raise ValueError(f"{subject!r} is not an event subject")
-    return aggregate, aggregate_id

@@ -10,15 +10,12 @@ same on both sides; `tests/unit/test_codec.py` checks every pair, so neither can
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Any
 
-import msgspec
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic
 
 from nebula_core.contract.events import EVENT_TYPES, Event, event_type
-
-A = TypeVar("A", bound=Aggregate)
 
 #: Envelope fields on each side, which the codec maps by itself.
 WIRE_ENVELOPE = frozenset({"id", "version", "at", "actor"})
@@ -47,17 +44,10 @@ class Codec:
     def kind_of(self, cls: type[Aggregate]) -> str:
         return str(cls.KIND)  # type: ignore[attr-defined]
 
-    def aggregate_class(self, kind: str) -> type[Aggregate]:
-        return self._by_kind[kind]
-
     def wire_type(self, domain_event: Any) -> type[Event]:
         outer, name = type(domain_event).__qualname__.rsplit(".", 1)
         kind = next(k for k, c in self._by_kind.items() if c.__qualname__ == outer)
         return EVENT_TYPES[f"{kind}.{_snake(name)}"]
-
-    def domain_type(self, wire_type: type[Event]) -> Any:
-        kind, name = event_type(wire_type).split(".", 1)
-        return getattr(self._by_kind[kind], _camel(name))
 
     def to_wire(self, domain_event: Any, *, actor: str = "") -> Event:
         """A domain event collected from an aggregate → the struct that goes on the stream."""
@@ -72,7 +62,8 @@ class Codec:
 
     def to_domain(self, wire: Event) -> Any:
         """A stored event → the domain event whose `mutate` rebuilds aggregate state."""
-        cls = self.domain_type(type(wire))
+        kind, name = event_type(wire).split(".", 1)
+        aggregate = self._by_kind[kind]
         fields = {f: getattr(wire, f) for f in wire.__struct_fields__ if f not in WIRE_ENVELOPE}
         envelope: dict[str, Any] = {
             "originator_id": wire.id,
@@ -80,8 +71,8 @@ class Codec:
             "timestamp": wire.at,
         }
         if wire.version == 1:
-            envelope["originator_topic"] = get_topic(self._by_kind[type(wire).__struct_config__.tag.split(".")[0]])
-        return cls(**envelope, **fields)
+            envelope["originator_topic"] = get_topic(aggregate)
+        return getattr(aggregate, _camel(name))(**envelope, **fields)
 
     def replay(self, events: list[Event]) -> Aggregate | None:
         """Fold wire events (one aggregate's, in order) into the aggregate they describe."""
@@ -89,7 +80,3 @@ class Codec:
         for wire in events:
             aggregate = self.to_domain(wire).mutate(aggregate)
         return aggregate
-
-
-def field_names(struct_type: type[msgspec.Struct]) -> set[str]:
-    return set(struct_type.__struct_fields__) - WIRE_ENVELOPE

@@ -17,7 +17,6 @@ def test_subjects_follow_the_design() -> None:
     assert subjects.event_subject("instance", some_id) == f"nebula.evt.instance.{some_id}"
     assert subjects.command_subject("place") == "nebula.cmd.place"
     assert subjects.node_subject("node-1", "create") == "nebula.node.node-1.create"
-    assert subjects.parse_event_subject(f"nebula.evt.project.{some_id}") == ("project", str(some_id))
 
 
 @pytest.mark.parametrize("hostile", ["a.b", "a*", ">", "a b", ""])
