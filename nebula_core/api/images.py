@@ -42,11 +42,6 @@ async def _image_from_events(request: web.Request, image_id: uuid.UUID) -> shape
     return _image_from_aggregate(image)
 
 
-async def _image_from_read_model(request: web.Request, image_id: uuid.UUID) -> shapes.Image | None:
-    row = await request.app[keys.POOL].fetchrow("SELECT * FROM images WHERE id = $1 AND NOT deleted", image_id)
-    return None if row is None else queries.image_shape(row)
-
-
 @ops(
     "POST",
     "/v1/images",
@@ -73,24 +68,20 @@ async def create_image(request: web.Request) -> web.Response:
     )
     seq = await request.app[keys.WRITER].save(image, actor=who.key)
     view = await read_your_write(
-        request, seq, lambda: _image_from_read_model(request, image.id), lambda: _image_from_events(request, image.id)
+        request, seq, lambda: queries.image(pool, image.id), lambda: _image_from_events(request, image.id)
     )
     return respond(view, 201)
 
 
 @ops("GET", "/v1/images", summary="The images", list_of=shapes.Image, query={"limit": "1-500", "cursor": "from `next`"})
 async def list_images(request: web.Request) -> web.Response:
-    where = queries.Where()
-    where.add("NOT g.deleted")
-    order, limit = where.page(request.query, "g")
-    rows = await request.app[keys.POOL].fetch(f"SELECT g.* FROM images g WHERE {where.sql()} {order}", *where.args)
-    return respond(queries.paged(rows, limit, queries.image_shape))
+    return respond(await queries.images(request.app[keys.POOL], request.query))
 
 
 @ops("GET", "/v1/images/{image_id}", summary="One image", response=shapes.Image)
 async def get_image(request: web.Request) -> web.Response:
     image_id = path_uuid(request, "image_id")
-    row = await request.app[keys.POOL].fetchrow("SELECT * FROM images WHERE id = $1", image_id)
+    row = await queries.image_row(request.app[keys.POOL], image_id)
     if row is None:
         # Not projected yet (the projector is stopped or behind): the events are the truth.
         return respond(await _image_from_events(request, image_id))

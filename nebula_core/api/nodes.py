@@ -6,7 +6,7 @@ import msgspec
 import nats.js.errors
 from aiohttp import web
 
-from nebula_core.api import keys
+from nebula_core.api import keys, queries
 from nebula_core.api.auth import require_admin
 from nebula_core.api.routing import Operations, respond
 from nebula_core.contract import http as shapes
@@ -42,25 +42,6 @@ async def heartbeats(request: web.Request) -> dict[str, Heartbeat]:
 )
 async def list_nodes(request: web.Request) -> web.Response:
     require_admin(request)
-    pool = request.app[keys.POOL]
-    if "region" in request.query:
-        rows = await pool.fetch("SELECT * FROM nodes WHERE region = $1 ORDER BY id", request.query["region"])
-    else:
-        rows = await pool.fetch("SELECT * FROM nodes ORDER BY id")
+    rows = await queries.node_rows(request.app[keys.POOL], request.query.get("region"))
     beats = await heartbeats(request)
-    items = [
-        shapes.Node(
-            id=r["id"],
-            region=r["region"],
-            capacity={"vcpus": r["vcpus"], "ram_mb": r["ram_mb"], "disk_gb": r["disk_gb"]},
-            overcommit={"cpu": r["cpu_ratio"], "ram": r["ram_ratio"], "disk": r["disk_ratio"]},
-            allocated={"vcpus": r["alloc_vcpus"], "ram_mb": r["alloc_ram_mb"], "disk_gb": r["alloc_disk_gb"]},
-            instances=r["instances"],
-            alive=r["id"] in beats,
-            down=r["down"],
-            agent_version=r["agent_version"],
-            last_heartbeat=beats[r["id"]].at if r["id"] in beats else None,
-        )
-        for r in rows
-    ]
-    return respond(shapes.Page(items=items, next=None))
+    return respond(shapes.Page(items=[queries.node_shape(r, beats.get(r["id"])) for r in rows], next=None))

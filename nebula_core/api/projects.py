@@ -93,6 +93,7 @@ async def list_projects(request: web.Request) -> web.Response:
 async def get_project(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
     pool = request.app[keys.POOL]
+    view: shapes.Project | None
     try:
         await require_role(request, project_id, "reader")
     except NotFound:
@@ -102,8 +103,8 @@ async def get_project(request: web.Request) -> web.Response:
         view = await _project_from_events(request, project_id)
     else:
         view = await queries.project(pool, project_id)
-        if view is None:
-            raise NotFound(f"project {project_id} not found")
+    if view is None:
+        raise NotFound(f"project {project_id} not found")
     return respond(view, headers=etag(view.version))
 
 
@@ -175,10 +176,7 @@ async def add_member(request: web.Request) -> web.Response:
 async def list_members(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
     await require_role(request, project_id, "reader")
-    rows = await request.app[keys.POOL].fetch(
-        "SELECT user_id, role FROM memberships WHERE project_id = $1 ORDER BY since, user_id", project_id
-    )
-    return respond(shapes.Page(items=[shapes.Member(user_id=r["user_id"], role=r["role"]) for r in rows], next=None))
+    return respond(await queries.members(request.app[keys.POOL], project_id))
 
 
 @ops("DELETE", "/v1/projects/{project_id}/members/{user_id}", summary="Take a user out of the project", status=204)

@@ -1,4 +1,7 @@
-"""The read side: parameterised SQL over the read models, and the rows as API shapes."""
+"""The read side: parameterised SQL over the read models, and the rows as API shapes.
+
+Each resource has one SELECT and one row → shape function, and both its list and its
+single answer are built from them, so the two cannot disagree."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import msgspec
 from nebula_core.api.auth import Principal
 from nebula_core.contract import http as shapes
 from nebula_core.contract.errors import Invalid
+from nebula_core.contract.kv import Heartbeat
 from nebula_core.contract.types import InstanceState, Quotas
 
 DEFAULT_LIMIT = 50
@@ -79,6 +83,12 @@ def paged(rows: list[asyncpg.Record], limit: int, convert: Any) -> shapes.Page:
     return shapes.Page(items=[convert(r) for r in rows], next=next_cursor)
 
 
+async def page_of(pool: asyncpg.Pool, select: str, where: Where, query: Any, alias: str, convert: Any) -> shapes.Page:
+    """One page of `select` (whose table is `alias`) filtered by `where`, each row converted."""
+    order, limit = where.page(query, alias)
+    return paged(await pool.fetch(f"{select} WHERE {where.sql()} {order}", *where.args), limit, convert)
+
+
 def tag_filters(where: Where, query: Any, alias: str) -> None:
     for tag in query.getall("tag", []):
         key, sep, value = tag.partition("=")
@@ -92,15 +102,24 @@ def tag_filters(where: Where, query: Any, alias: str) -> None:
 
 # --- projects --------------------------------------------------------------------------
 
+#: What a project holds now: every instance not deleted counts. `{project}`: the project's id.
+_USAGE = """SELECT count(*) AS instances, coalesce(sum(vcpus), 0) AS vcpus, coalesce(sum(ram_mb), 0) AS ram_mb,
+                   coalesce(sum(disk_gb), 0) AS disk_gb
+            FROM instances WHERE project_id = {project} AND state <> 'deleted'"""
 
-def project_shape(row: asyncpg.Record, usage: shapes.Usage | None = None) -> shapes.Project:
+#: Every project answer, one or a page of them: the row and what it holds (as `usage`).
+_PROJECTS = f"SELECT p.*, to_jsonb(u) AS usage FROM projects p CROSS JOIN LATERAL ({_USAGE.format(project='p.id')}) u"
+
+
+def project_shape(row: asyncpg.Record) -> shapes.Project:
+    """A row of `_PROJECTS` as the API shows it."""
     return shapes.Project(
         id=row["id"],
         name=row["name"],
         description=row["description"],
         tags=row["tags"],
         quotas=msgspec.convert(row["quotas"], Quotas),
-        usage=usage or shapes.Usage(),
+        usage=msgspec.convert(row["usage"], shapes.Usage),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         version=row["version"],
@@ -108,13 +127,8 @@ def project_shape(row: asyncpg.Record, usage: shapes.Usage | None = None) -> sha
 
 
 async def usage(conn: asyncpg.Pool | asyncpg.Connection, project_id: uuid.UUID) -> shapes.Usage:
-    """What the project holds now: every instance not deleted counts."""
-    row = await conn.fetchrow(
-        """SELECT count(*) AS instances, coalesce(sum(vcpus), 0) AS vcpus, coalesce(sum(ram_mb), 0) AS ram_mb,
-                  coalesce(sum(disk_gb), 0) AS disk_gb
-           FROM instances WHERE project_id = $1 AND state <> 'deleted'""",
-        project_id,
-    )
+    """What the project holds now (the `usage` of its answer)."""
+    row = await conn.fetchrow(_USAGE.format(project="$1"), project_id)
     return shapes.Usage(**dict(row))
 
 
@@ -122,26 +136,47 @@ async def quotas(conn: asyncpg.Pool | asyncpg.Connection, project_id: uuid.UUID)
     return msgspec.convert(await conn.fetchval("SELECT quotas FROM projects WHERE id = $1", project_id), Quotas)
 
 
-async def project(pool: asyncpg.Pool, project_id: uuid.UUID) -> shapes.Project | None:
-    row = await pool.fetchrow("SELECT * FROM projects WHERE id = $1 AND NOT deleted", project_id)
-    return None if row is None else project_shape(row, await usage(pool, project_id))
-
-
-async def projects(pool: asyncpg.Pool, who: Principal, query: Any) -> shapes.Page:
+def project_filters(who: Principal, query: Any) -> Where:
+    """The live projects `who` may see (all, for cloud admins), narrowed by `query`."""
     where = Where()
     where.add("NOT p.deleted")
     if not who.is_admin:
         where.add("p.id IN (SELECT project_id FROM memberships WHERE user_id = {})", who.user_id)
     tag_filters(where, query, "p")
-    order, limit = where.page(query, "p")
-    rows = await pool.fetch(f"SELECT p.* FROM projects p WHERE {where.sql()} {order}", *where.args)
-    return paged(rows, limit, project_shape)
+    return where
+
+
+async def project(pool: asyncpg.Pool, project_id: uuid.UUID) -> shapes.Project | None:
+    """The live project (whoever asks: the caller's role is checked before)."""
+    row = await pool.fetchrow(f"{_PROJECTS} WHERE p.id = $1 AND NOT p.deleted", project_id)
+    return None if row is None else project_shape(row)
+
+
+async def projects(pool: asyncpg.Pool, who: Principal, query: Any) -> shapes.Page:
+    return await page_of(pool, _PROJECTS, project_filters(who, query), query, "p", project_shape)
+
+
+# --- members ---------------------------------------------------------------------------
+
+_MEMBERS = "SELECT m.user_id, m.role FROM memberships m"
+
+
+def member_shape(row: asyncpg.Record) -> shapes.Member:
+    return shapes.Member(user_id=row["user_id"], role=row["role"])
+
+
+async def members(pool: asyncpg.Pool, project_id: uuid.UUID) -> shapes.Page:
+    rows = await pool.fetch(f"{_MEMBERS} WHERE m.project_id = $1 ORDER BY m.since, m.user_id", project_id)
+    return shapes.Page(items=[member_shape(r) for r in rows], next=None)
 
 
 # --- instances -------------------------------------------------------------------------
 
+_INSTANCES = "SELECT i.* FROM instances i"
+
 
 def instance_shape(row: asyncpg.Record) -> shapes.Instance:
+    """A row of `_INSTANCES` as the API shows it."""
     return shapes.Instance(
         id=row["id"],
         project_id=row["project_id"],
@@ -164,10 +199,14 @@ def instance_shape(row: asyncpg.Record) -> shapes.Instance:
 
 
 async def instance(pool: asyncpg.Pool, instance_id: uuid.UUID) -> asyncpg.Record | None:
-    return await pool.fetchrow("SELECT * FROM instances WHERE id = $1", instance_id)
+    """The instance's row, deleted or not (its `project_id` decides who may see it)."""
+    return await pool.fetchrow(f"{_INSTANCES} WHERE i.id = $1", instance_id)
 
 
-async def instances(pool: asyncpg.Pool, who: Principal, query: Any) -> shapes.Page:
+def instance_filters(who: Principal, query: Any) -> Where:
+    """The instances `who` may see (all, for cloud admins), narrowed by `query`: one
+    `state` (else every one not deleted), `region`, `project_id`, `node_id` (cloud
+    admins only) and `tag`s."""
     where = Where()
     if not who.is_admin:
         where.add(
@@ -191,15 +230,20 @@ async def instances(pool: asyncpg.Pool, who: Principal, query: Any) -> shapes.Pa
     if "node_id" in query and who.is_admin:
         where.add("i.node_id = {}", query["node_id"])
     tag_filters(where, query, "i")
-    order, limit = where.page(query, "i")
-    rows = await pool.fetch(f"SELECT i.* FROM instances i WHERE {where.sql()} {order}", *where.args)
-    return paged(rows, limit, instance_shape)
+    return where
 
 
-# --- images, users ------------------------------------------------------------------------
+async def instances(pool: asyncpg.Pool, who: Principal, query: Any) -> shapes.Page:
+    return await page_of(pool, _INSTANCES, instance_filters(who, query), query, "i", instance_shape)
+
+
+# --- images ----------------------------------------------------------------------------
+
+_IMAGES = "SELECT g.* FROM images g"
 
 
 def image_shape(row: asyncpg.Record) -> shapes.Image:
+    """A row of `_IMAGES` as the API shows it."""
     return shapes.Image(
         id=row["id"],
         name=row["name"],
@@ -212,15 +256,76 @@ def image_shape(row: asyncpg.Record) -> shapes.Image:
     )
 
 
+async def image_row(pool: asyncpg.Pool, image_id: uuid.UUID) -> asyncpg.Record | None:
+    """The image's row, deleted or not (None: not projected, or never registered)."""
+    return await pool.fetchrow(f"{_IMAGES} WHERE g.id = $1", image_id)
+
+
+async def image(pool: asyncpg.Pool, image_id: uuid.UUID) -> shapes.Image | None:
+    row = await pool.fetchrow(f"{_IMAGES} WHERE g.id = $1 AND NOT g.deleted", image_id)
+    return None if row is None else image_shape(row)
+
+
+async def images(pool: asyncpg.Pool, query: Any) -> shapes.Page:
+    where = Where()
+    where.add("NOT g.deleted")
+    return await page_of(pool, _IMAGES, where, query, "g", image_shape)
+
+
 async def image_by_ref(pool: asyncpg.Pool, ref: str) -> asyncpg.Record | None:
     """An image by id, or by name (the newest of that name)."""
     try:
-        return await pool.fetchrow("SELECT * FROM images WHERE id = $1 AND NOT deleted", uuid.UUID(ref))
+        return await pool.fetchrow(f"{_IMAGES} WHERE g.id = $1 AND NOT g.deleted", uuid.UUID(ref))
     except ValueError:
         return await pool.fetchrow(
-            "SELECT * FROM images WHERE name = $1 AND NOT deleted ORDER BY created_at DESC LIMIT 1", ref
+            f"{_IMAGES} WHERE g.name = $1 AND NOT g.deleted ORDER BY g.created_at DESC LIMIT 1", ref
         )
 
 
+# --- users -----------------------------------------------------------------------------
+
+#: Never the token's hash: that is for authentication only.
+_USERS = "SELECT u.id, u.name, u.is_admin, u.created_at FROM users u"
+
+
 def user_shape(row: asyncpg.Record) -> shapes.User:
+    """A row of `_USERS` as the API shows it (no token: it is shown once, at creation)."""
     return shapes.User(id=row["id"], name=row["name"], is_admin=row["is_admin"], created_at=row["created_at"])
+
+
+async def user(pool: asyncpg.Pool, user_id: uuid.UUID) -> shapes.User | None:
+    row = await pool.fetchrow(f"{_USERS} WHERE u.id = $1", user_id)
+    return None if row is None else user_shape(row)
+
+
+async def users(pool: asyncpg.Pool, query: Any) -> shapes.Page:
+    return await page_of(pool, _USERS, Where(), query, "u", user_shape)
+
+
+# --- nodes -----------------------------------------------------------------------------
+
+_NODES = "SELECT n.* FROM nodes n"
+
+
+def node_shape(row: asyncpg.Record, beat: Heartbeat | None) -> shapes.Node:
+    """A row of `_NODES` and the node's heartbeat (None: silent) as the API shows them."""
+    return shapes.Node(
+        id=row["id"],
+        region=row["region"],
+        capacity={"vcpus": row["vcpus"], "ram_mb": row["ram_mb"], "disk_gb": row["disk_gb"]},
+        overcommit={"cpu": row["cpu_ratio"], "ram": row["ram_ratio"], "disk": row["disk_ratio"]},
+        allocated={"vcpus": row["alloc_vcpus"], "ram_mb": row["alloc_ram_mb"], "disk_gb": row["alloc_disk_gb"]},
+        instances=row["instances"],
+        alive=beat is not None,
+        down=row["down"],
+        agent_version=row["agent_version"],
+        last_heartbeat=beat.at if beat is not None else None,
+    )
+
+
+async def node_rows(pool: asyncpg.Pool, region: str | None = None) -> list[asyncpg.Record]:
+    """Every node's row (of one region, if given), by id."""
+    where = Where()
+    if region is not None:
+        where.add("n.region = {}", region)
+    return list(await pool.fetch(f"{_NODES} WHERE {where.sql()} ORDER BY n.id", *where.args))

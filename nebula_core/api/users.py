@@ -54,10 +54,7 @@ async def create_user(request: web.Request) -> web.Response:
 )
 async def list_users(request: web.Request) -> web.Response:
     require_admin(request)
-    where = queries.Where()
-    order, limit = where.page(request.query, "u")
-    rows = await request.app[keys.POOL].fetch(f"SELECT u.* FROM users u WHERE {where.sql()} {order}", *where.args)
-    return respond(queries.paged(rows, limit, queries.user_shape))
+    return respond(await queries.users(request.app[keys.POOL], request.query))
 
 
 @ops("GET", "/v1/users/me", summary="Who the token belongs to", response=shapes.User)
@@ -65,8 +62,8 @@ async def whoami(request: web.Request) -> web.Response:
     who = principal(request)
     if who.user_id is None:
         return respond({"id": None, "name": who.name, "is_admin": True})
-    row = await request.app[keys.POOL].fetchrow("SELECT * FROM users WHERE id = $1", who.user_id)
-    if row is None:
+    view = await queries.user(request.app[keys.POOL], who.user_id)
+    if view is None:
         # Not projected yet (the projector is stopped or behind): the events are the truth.
-        return respond(_user_from_aggregate(await request.app[keys.WRITER].store.load(User, who.user_id)))
-    return respond(queries.user_shape(row))
+        view = _user_from_aggregate(await request.app[keys.WRITER].store.load(User, who.user_id))
+    return respond(view)
