@@ -55,25 +55,27 @@ class Where:
         self.clauses: list[str] = []
         self.args: list[Any] = []
 
+    def param(self, value: Any) -> str:
+        """`value` as the next numbered parameter; returns its placeholder (`$n`)."""
+        self.args.append(value)
+        return f"${len(self.args)}"
+
     def add(self, fragment: str, *values: Any) -> None:
         """`fragment` uses `{}` for each value, in order; they become $n parameters."""
-        numbers = []
-        for value in values:
-            self.args.append(value)
-            numbers.append(f"${len(self.args)}")
-        self.clauses.append(fragment.format(*numbers))
+        self.clauses.append(fragment.format(*[self.param(value) for value in values]))
 
     def sql(self) -> str:
         return " AND ".join(self.clauses) if self.clauses else "true"
 
     def page(self, query: Any, table_alias: str) -> tuple[str, int]:
-        """Keyset pagination on (created_at, id); returns (extra SQL, limit)."""
+        """Keyset pagination on (created_at, id); returns (ORDER BY and LIMIT, limit).
+        Call it last: the LIMIT is a parameter after every other."""
         limit = limit_of(query)
         cursor = query.get("cursor")
         if cursor:
             created_at, row_id = decode_cursor(cursor)
             self.add(f"({table_alias}.created_at, {table_alias}.id::text) > ({{}}, {{}})", created_at, row_id)
-        return f"ORDER BY {table_alias}.created_at, {table_alias}.id LIMIT {limit + 1}", limit
+        return f"ORDER BY {table_alias}.created_at, {table_alias}.id LIMIT {self.param(limit + 1)}", limit
 
 
 def paged(rows: list[asyncpg.Record], limit: int, convert: Any) -> shapes.Page:
