@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -14,7 +15,7 @@ from nebula_core.api.idempotency import idempotency
 from nebula_core.api.metrics import Metrics
 from nebula_core.api.metrics import middleware as metrics_middleware
 from nebula_core.api.openapi import document
-from nebula_core.api.routing import route_name
+from nebula_core.api.routing import Operation, route_name
 from nebula_core.api.writes import Writer
 from nebula_core.config import Settings
 from nebula_core.contract.limits import API_BODY_MAX_BYTES
@@ -26,11 +27,11 @@ from nebula_core.projections import database
 MODULES = (projects, users, images, instances, nodes, events, system)
 
 
-def operations() -> list:  # type: ignore[type-arg]
+def operations() -> list[Operation]:
     return [op for module in MODULES for op in module.ops.all]
 
 
-def openapi_document() -> dict:  # type: ignore[type-arg]
+def openapi_document() -> dict[str, Any]:
     return document(operations())
 
 

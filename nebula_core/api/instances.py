@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import asyncpg
@@ -240,7 +241,7 @@ async def _instance_at(request: web.Request, instance_id: uuid.UUID, at: str) ->
     return respond(_instance_from_aggregate(then))
 
 
-_ACTIONS = {
+_ACTIONS: dict[str, tuple[Callable[[Instance], None], type[commands.Command]]] = {
     "start": (Instance.request_start, commands.StartInstance),
     "stop": (Instance.request_stop, commands.StopInstance),
     "reboot": (Instance.request_reboot, commands.RebootInstance),
