@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+import asyncpg
+import nats.errors
 import typer
 
 from nebula_core import config
@@ -25,10 +27,8 @@ def run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         fail(err.message)
     except (ValueError, OSError, TimeoutError) as err:
         fail(str(err) or type(err).__name__)
-    except Exception as err:
-        if type(err).__module__.split(".")[0] in {"nats", "asyncpg"}:
-            fail(f"{type(err).__name__}: {err}")
-        raise
+    except (nats.errors.Error, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        fail(f"{type(err).__name__}: {err}")
 
 
 def register(app: typer.Typer) -> None:

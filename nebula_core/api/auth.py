@@ -32,7 +32,6 @@ ADMIN = "admin"
 UNPROJECTED_USER_EVENTS_MAX = 64
 _RANK = {"reader": 1, "member": 2, "admin": 3}
 PUBLIC_ROUTES = web.AppKey("public_routes", frozenset)
-PRINCIPAL = web.RequestKey("principal", "Principal")
 
 
 @dataclass(frozen=True)
@@ -49,6 +48,9 @@ class Principal:
         return f"user:{self.user_id}" if self.user_id else ADMIN
 
 
+PRINCIPAL = web.RequestKey("principal", Principal)
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -62,7 +64,7 @@ def principal(request: web.Request) -> Principal:
 
 
 @web.middleware
-async def authenticate(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def authenticate(request: web.Request, handler):
     route = request.match_info.route
     if route.name in request.app[PUBLIC_ROUTES] or route.resource is None:
         return await handler(request)
@@ -148,7 +150,7 @@ async def project_role(request: web.Request, project_id: uuid.UUID) -> Role | Li
     )
     if role is None:
         raise NotFound(f"project {project_id} not found")
-    return role  # type: ignore[no-any-return]
+    return role
 
 
 async def require_role(request: web.Request, project_id: uuid.UUID, at_least: Role) -> None:

@@ -30,7 +30,7 @@ _HTTP_CODES = {
 
 
 @web.middleware
-async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def errors(request: web.Request, handler):
     try:
         return await handler(request)
     except NebulaError as err:

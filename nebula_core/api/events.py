@@ -23,7 +23,7 @@ from nebula_core.api.event_records import record
 from nebula_core.api.routing import Operations
 from nebula_core.contract import subjects
 from nebula_core.contract.errors import Invalid
-from nebula_core.contract.events import Event, InstanceCreated, decode_known
+from nebula_core.contract.events import Event, InstanceCreated, aggregate_of, decode_known, event_type
 
 ops = Operations()
 
@@ -62,7 +62,7 @@ class Visibility:
     async def allows(self, event: Event) -> bool:
         if self._who.is_admin:
             return True
-        kind = event.__struct_config__.tag.split(".")[0]
+        kind = aggregate_of(event)
         if kind == "image":
             return True
         if kind == "user":
@@ -108,23 +108,18 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     )
     visibility = Visibility(request, who)
     try:
-        async with sse_response(request) as response:
-            response.ping_interval = 15
+        async with sse_response(request, ping_interval=15) as response:
             while response.is_connected():
                 try:
                     message = await sub.next_msg(timeout=1.0)
-                except TimeoutError:
+                except TimeoutError:  # nats-py's own TimeoutError is one too
                     continue
-                except Exception as err:  # nats' own TimeoutError has no common base with asyncio's
-                    if type(err).__name__ == "TimeoutError":
-                        continue
-                    raise
                 event = decode_known(message.data)
                 if event is None or not await visibility.allows(event):
                     continue
                 seq = message.metadata.sequence.stream
                 await response.send(
-                    msgspec.json.encode(record(seq, event)).decode(), id=str(seq), event=event.__struct_config__.tag
+                    msgspec.json.encode(record(seq, event)).decode(), id=str(seq), event=event_type(event)
                 )
     finally:
         await sub.unsubscribe()

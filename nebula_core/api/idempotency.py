@@ -51,7 +51,7 @@ def _replay(status: int, body: bytes) -> web.Response:
 
 
 @web.middleware
-async def idempotency(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def idempotency(request: web.Request, handler):
     key = request.headers.get(HEADER)
     if request.method != "POST" or key is None or PRINCIPAL not in request:
         return await handler(request)

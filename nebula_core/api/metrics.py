@@ -30,9 +30,9 @@ class Metrics:
         self.stream_head = Gauge("nebula_events_last_seq", "Last sequence of NEBULA_EVENTS", registry=self.registry)
 
 
-def middleware(metrics: Metrics):  # type: ignore[no-untyped-def]
+def middleware(metrics: Metrics):
     @web.middleware
-    async def measure(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    async def measure(request: web.Request, handler):
         route = request.match_info.route
         name = route.resource.canonical if route.resource is not None else "unmatched"
         started = time.perf_counter()

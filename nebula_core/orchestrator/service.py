@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import asyncpg
 import msgspec
@@ -23,6 +24,7 @@ from faststream import AckPolicy
 from faststream.exceptions import NackMessage
 from faststream.nats import JStream, KvWatch, NatsBroker, NatsMessage, PullSub
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from nebula_core.config import Settings
 from nebula_core.contract import commands, subjects
@@ -36,6 +38,7 @@ from nebula_core.orchestrator.fleet import Fleet
 from nebula_core.orchestrator.lifecycle import ACTOR, Lifecycle
 from nebula_core.orchestrator.liveness import Liveness
 from nebula_core.orchestrator.reconciler import Reconciler
+from nebula_core.projections import database
 
 log = logging.getLogger("nebula.orchestrator")
 
@@ -83,7 +86,7 @@ class Orchestrator:
         )
         async def on_heartbeat(msg: NatsMessage) -> None:
             # Raw entries: an expiry marker has no body to decode, only its operation.
-            entry = msg.raw_message
+            entry = cast(KeyValue.Entry, msg.raw_message)
             await self.heartbeat(entry.key, entry.operation, entry.value or b"")
 
     # --- lifetime ----------------------------------------------------------------------
@@ -217,7 +220,7 @@ async def _keep_alive(msg: NatsMessage, every: float) -> None:
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
     """`nebula orchestrator`: until `stop` is set."""
-    pool = await asyncpg.create_pool(settings.pg_dsn, min_size=1, max_size=4) if settings.pg_dsn else None
+    pool = await database.create_pool(settings.pg_dsn, min_size=1, max_size=4) if settings.pg_dsn else None
     orchestrator = Orchestrator(settings, pool=pool)
     try:
         await orchestrator.start()

@@ -8,7 +8,7 @@ exactly once per event (see `nebula_core.projections.projector`).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -17,13 +17,11 @@ from nebula_core.projections import images, instances, nodes, projects, users
 
 Handler = Callable[[asyncpg.Connection, Any, int], Awaitable[None]]
 
-HANDLERS: dict[type[Event], Handler] = {
-    **projects.HANDLERS,
-    **users.HANDLERS,
-    **images.HANDLERS,
-    **nodes.HANDLERS,
-    **instances.HANDLERS,
-}
+#: msgspec's struct classes are typed by their metaclass, hence the one cast.
+HANDLERS = cast(
+    "dict[type[Event], Handler]",
+    {**projects.HANDLERS, **users.HANDLERS, **images.HANDLERS, **nodes.HANDLERS, **instances.HANDLERS},
+)
 
 #: The tables `nebula replay` empties and rebuilds, children first.
 TABLES = ("memberships", "node_claims", "instances", "nodes", "images", "users", "projects")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import asyncpg
 import nats.errors
 import nats.js.errors
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 
@@ -137,7 +138,7 @@ class Projector:
             log.warning("read models are behind the consumer's ack floor seq=%d: replaying", floor)
             await replay(self._js, self._pool)
 
-    async def _handle(self, messages: list) -> None:  # type: ignore[type-arg]
+    async def _handle(self, messages: list[Msg]) -> None:
         batch = [(m.metadata.sequence.stream, decode_known(m.data)) for m in messages]
         async with self._pool.acquire() as conn:
             result = await apply_batch(conn, batch, self._fill)

@@ -146,7 +146,7 @@ class Meta:
 
 
 @pytest.fixture
-async def meta(cloud: Cloud) -> AsyncIterator[Meta]:  # noqa: F811 — the imported fixture
+async def meta(cloud: Cloud) -> AsyncIterator[Meta]:
     app = make_meta_app(cloud.settings)
     answered: list[tuple[str, str, int]] = []
 
@@ -168,7 +168,7 @@ async def meta(cloud: Cloud) -> AsyncIterator[Meta]:  # noqa: F811 — the impor
 
 
 @pytest.fixture
-async def tiny_image(cloud: Cloud, host: Host) -> dict[str, object]:  # noqa: F811
+async def tiny_image(cloud: Cloud, host: Host) -> dict[str, object]:
     """nebula-tiny registered through the API, as `nebula up` does; the image's JSON."""
     data = host.manifest.read_bytes()
     status, body = await cloud.admin.post(
@@ -207,7 +207,7 @@ async def nebula(
     cloud: Cloud,
     meta: Meta,
     host: Host,
-    virt: libvirt.virConnect,  # noqa: F811
+    virt: libvirt.virConnect,
     leftovers: Leftovers,
     tiny_image: dict[str, object],
 ) -> AsyncIterator[Nebula]:

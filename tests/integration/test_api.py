@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import uuid
 from datetime import datetime, timedelta
 
@@ -93,7 +94,7 @@ async def test_the_whole_lifecycle_through_http(cloud: Cloud) -> None:
     ]
     assert history["items"][0]["actor"] == f"user:{user_id}"
     assert history["items"][1]["actor"] == "system:test"
-    assert all(a["seq"] < b["seq"] for a, b in zip(history["items"], history["items"][1:]))
+    assert all(a["seq"] < b["seq"] for a, b in zip(history["items"], history["items"][1:], strict=False))
     assert "user_data" not in history["items"][0]["data"]  # secrets stay out of the log
     assert history["items"][0]["data"]["user_data_size"] == len("#!/bin/sh\necho hello\n")
 
@@ -125,7 +126,7 @@ async def test_an_instance_as_it_was_at_a_past_time(cloud: Cloud) -> None:
     _, then = await cloud.admin.get(f"/v1/instances/{created['id']}?at={created_at}")
     _, later = await cloud.admin.get(f"/v1/instances/{created['id']}?at={scheduled_at.isoformat()}")
     before = (datetime.fromisoformat(created_at.replace("Z", "+00:00")) - timedelta(seconds=1)).isoformat()
-    status, none = await cloud.admin.get(f"/v1/instances/{created['id']}?at={before}")
+    status, _none = await cloud.admin.get(f"/v1/instances/{created['id']}?at={before}")
     bad_status, bad = await cloud.admin.get(f"/v1/instances/{created['id']}?at=yesterday")
 
     assert then["state"] == "pending" and later["state"] == "scheduled" and later["node_id"] == "node-a"
@@ -243,7 +244,7 @@ async def test_a_missing_field_and_broken_json_get_422(cloud: Cloud) -> None:
     status2, broken = await cloud.admin.call(
         "POST", "/v1/instances", data=b"{not json", headers={"Content-Type": "application/json"}
     )
-    status3, empty = await cloud.admin.call("POST", "/v1/projects")
+    status3, _empty = await cloud.admin.call("POST", "/v1/projects")
     assert (status, missing["fields"]) == (422, ["$.vcpus"])
     assert status2 == 422 and broken["fields"] == ["$"]
     assert status3 == 422
@@ -349,7 +350,7 @@ async def test_a_repeated_post_with_an_idempotency_key_gets_the_first_answer(clo
 
 async def test_a_stale_if_match_is_a_409_and_changes_nothing(cloud: Cloud) -> None:
     project_id = await cloud.project()
-    status, seen = await cloud.admin.get(f"/v1/projects/{project_id}")
+    _status, seen = await cloud.admin.get(f"/v1/projects/{project_id}")
     etag = f'"{seen["version"]}"'
 
     first = await cloud.admin.call(
@@ -455,7 +456,7 @@ async def test_the_event_stream_delivers_and_resumes_from_a_sequence(cloud: Clou
     types = [t for _, t in received]
     assert types == ["instance.created", "instance.created", "instance.scheduled"]  # m1, m2 — never t1
     assert int(received[0][0]) == history[0]["seq"]
-    assert all(int(a) < int(b) for (a, _), (b, _) in zip(received, received[1:]))
+    assert all(int(a) < int(b) for (a, _), (b, _) in itertools.pairwise(received))
 
 
 async def test_metrics_and_openapi_are_served(cloud: Cloud) -> None:

@@ -61,7 +61,7 @@ def create(name: str, *extra: str, vcpus: int = 1, region: str = "eu") -> tuple[
 
 async def test_an_instance_created_with_wait_runs_on_a_node_and_obeys_the_cli(
     nebula: Nebula,
-    running: Fleet,  # noqa: F811
+    running: Fleet,
 ) -> None:
     made = await nebula(*create("web-1", "--wait", "--timeout", "60"))
     assert made.code == 0, made.err
@@ -97,7 +97,7 @@ async def test_an_instance_created_with_wait_runs_on_a_node_and_obeys_the_cli(
 
 async def test_wait_ends_with_the_placement_refusal_and_exit_1(
     nebula: Nebula,
-    running: Fleet,  # noqa: F811
+    running: Fleet,
 ) -> None:
     big = await nebula(*create("big", "--wait", "--timeout", "60", vcpus=3))
     assert big.code == 1
@@ -110,7 +110,7 @@ async def test_wait_ends_with_the_placement_refusal_and_exit_1(
 
 async def test_booted_waits_for_the_phone_home_a_simulated_guest_never_makes(
     nebula: Nebula,
-    running: Fleet,  # noqa: F811
+    running: Fleet,
 ) -> None:
     alone = await nebula(*create("b-1", "--booted"))
     assert alone.code == 2

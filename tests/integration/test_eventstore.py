@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 
 import msgspec
@@ -169,7 +170,7 @@ async def test_an_aggregate_with_many_events_loads_in_order(js: JetStreamContext
     assert loaded.description == "rev 599"
     history = await store.history("project", project.id)
     assert [h.event.version for h in history] == list(range(1, 601))
-    assert all(a.seq < b.seq for a, b in zip(history, history[1:]))
+    assert all(a.seq < b.seq for a, b in itertools.pairwise(history))
 
 
 async def test_load_as_of_a_past_time(js: JetStreamContext) -> None:

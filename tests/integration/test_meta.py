@@ -86,7 +86,7 @@ async def test_wrong_token_unknown_and_deleted_instances_look_alike(cloud: Cloud
         await fetch(cloud.session, f"{meta}/v1/projects"),
         await fetch(cloud.session, f"{meta}/nocloud/{instance_id}/{token}/secrets"),
     ]
-    assert len({a for a in answers}) == 1 and answers[0][0] == 404
+    assert len(set(answers)) == 1 and answers[0][0] == 404
 
 
 async def _not_served(session: aiohttp.ClientSession, url: str) -> bool:
@@ -152,7 +152,7 @@ async def test_guessing_an_instances_token_never_uses_up_its_requests(cloud: Clo
 
 
 async def test_the_token_never_reaches_the_event_log_or_read_models(cloud: Cloud) -> None:
-    instance_id, token = await new_instance(cloud)
+    _instance_id, token = await new_instance(cloud)
     sub = await cloud.js.subscribe("nebula.evt.>", ordered_consumer=True, stream="NEBULA_EVENTS")
     total = (await cloud.js.stream_info("NEBULA_EVENTS")).state.messages
     payloads = [(await sub.next_msg(timeout=5)).data for _ in range(total)]

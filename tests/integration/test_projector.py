@@ -151,7 +151,9 @@ async def seed_everything(store: EventStore, copies: int = 1, *, tag: str = "") 
         )
         await rec.save(n1)
 
-        def instance(name: str) -> Instance:
+        def instance(
+            name: str, project: Project = project, alice: User = alice, s: str = s, tiny: Image = tiny
+        ) -> Instance:
             return Instance(
                 project_id=project.id,
                 owner_id=alice.id,

@@ -53,7 +53,7 @@ async def test_a_conflicting_bucket_is_reported(nc: NATS) -> None:
     js = nc.jetstream()
     await js.create_key_value(bucket="nebula_nodes", history=5)
 
-    with pytest.raises(TopologyConflict, match="bucket nebula_nodes.*history: declared 1, server has 5"):
+    with pytest.raises(TopologyConflict, match=r"bucket nebula_nodes.*history: declared 1, server has 5"):
         await init.apply(js, topology.declare())
 
 

@@ -71,18 +71,18 @@ def test_event_type_filters_take_a_kind_or_an_exact_type() -> None:
 
 
 def node(**changes: object) -> shapes.Node:
-    values: dict[str, object] = dict(
-        id="node-a",
-        region="eu",
-        capacity={"vcpus": 8, "ram_mb": 4096, "disk_gb": 100},
-        overcommit={"cpu": 4.0, "ram": 1.0, "disk": 1.5},
-        allocated={"vcpus": 3, "ram_mb": 512, "disk_gb": 0},
-        instances=2,
-        alive=True,
-        down=False,
-        agent_version="1",
-        last_heartbeat=None,
-    )
+    values: dict[str, object] = {
+        "id": "node-a",
+        "region": "eu",
+        "capacity": {"vcpus": 8, "ram_mb": 4096, "disk_gb": 100},
+        "overcommit": {"cpu": 4.0, "ram": 1.0, "disk": 1.5},
+        "allocated": {"vcpus": 3, "ram_mb": 512, "disk_gb": 0},
+        "instances": 2,
+        "alive": True,
+        "down": False,
+        "agent_version": "1",
+        "last_heartbeat": None,
+    }
     return shapes.Node(**{**values, **changes})  # type: ignore[arg-type]
 
 

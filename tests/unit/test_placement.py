@@ -55,7 +55,7 @@ def test_dead_nodes_are_filtered_and_the_reason_says_so() -> None:
 
 def test_capacity_refusal_names_what_is_missing() -> None:
     nodes = [node("a", used_vcpus=6), node("b", used_vcpus=7)]
-    with pytest.raises(NoValidHost, match="no node in region r1 with 4 free vCPUs$"):
+    with pytest.raises(NoValidHost, match=r"no node in region r1 with 4 free vCPUs$"):
         rank(nodes, want=Resources(vcpus=4, ram_mb=256, disk_gb=1), region="r1")
 
 
