@@ -20,6 +20,7 @@ placement sees; `running` counts the domains libvirt runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,6 +31,7 @@ from typing import Literal
 
 import nats.js.errors
 from faststream.nats import NatsBroker
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from nebula_core.config import Settings
@@ -197,6 +199,7 @@ class NodeAgent:
         self._subscribers: list = []
         self._tasks: list[asyncio.Task[None]] = []
         self._reporter: Reporter | None = None
+        self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._store: EventStore | None = None
 
@@ -210,6 +213,7 @@ class NodeAgent:
         nc = broker.connection
         if nc is None:
             raise RuntimeError("the broker must be started before the agent")
+        self._nc = nc
         self._js = nc.jetstream()
         self._store = EventStore(self._js, Codec(*AGGREGATES))
         self._reporter = Reporter(self._js, self.node_id, self.driver, self._locks)
@@ -245,6 +249,10 @@ class NodeAgent:
         self.driver.listen(None)
         subscribers, self._subscribers = self._subscribers, []
         await asyncio.gather(*(s.stop() for s in subscribers), return_exceptions=True)
+        if subscribers and self._nc is not None and self._nc.is_connected:
+            # Stopped means the server knows: a request after this gets no responders.
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=5)
         tasks, self._tasks = self._tasks, []
         await _cancel_and_wait(tasks)
         if self._reporter is not None:
