@@ -26,6 +26,10 @@ from nebula_core.projections import database
 
 MODULES = (projects, users, images, instances, nodes, events, system)
 
+#: A request's statements are short: one that is not (a hung Postgres, a long wait for a
+#: project's lock) ends in a 503 rather than holding the caller.
+REQUEST_STATEMENT_TIMEOUT_S = 10.0
+
 
 def operations() -> list[Operation]:
     return [op for module in MODULES for op in module.ops.all]
@@ -38,14 +42,21 @@ def openapi_document() -> dict[str, Any]:
 async def _backends(app: web.Application) -> AsyncIterator[None]:
     settings = app[keys.SETTINGS]
     nc = await nats_client.connect(settings.nats_url, name="nebula-api")
-    pool = await database.create_pool(settings.pg_dsn, min_size=2, max_size=20)
+    # Connected on first use: the API starts, and says it is degraded, while Postgres is
+    # away, and serves again as soon as it is back.
+    pool = await database.create_pool(
+        settings.pg_dsn, min_size=0, max_size=20, statement_timeout=REQUEST_STATEMENT_TIMEOUT_S
+    )
     js = nc.jetstream()
     app[keys.NATS_CLIENT] = nc
     app[keys.POOL] = pool
     app[keys.WRITER] = Writer(EventStore(js, Codec(*AGGREGATES)), js, pool)
     yield
     await pool.close()
-    await nc.drain()
+    if nc.is_connected:
+        await nc.drain()
+    else:  # NATS is away: nothing could be flushed to it
+        await nc.close()
 
 
 def make_app(settings: Settings) -> web.Application:

@@ -1,13 +1,20 @@
-"""Errors → JSON, in one place: a stable `code`, a human `message`, and for 422 the fields."""
+"""Errors → JSON, in one place: a stable `code`, a human `message`, and for 422 the fields.
+
+A dependency that fails - Postgres or NATS away, refusing, dropping the connection or not
+answering in time - is a 503 `Unavailable` with `Retry-After`, never a 500; so is any
+other `Unavailable`, and a `RateLimited` is a 429 with `Retry-After`."""
 
 from __future__ import annotations
 
 import logging
 
+import asyncpg
+import nats.errors
+import nats.js.errors
 from aiohttp import web
 
 from nebula_core.api.routing import respond
-from nebula_core.contract.errors import Invalid, NebulaError
+from nebula_core.contract.errors import Invalid, NebulaError, RateLimited, Unavailable
 from nebula_core.contract.http import Error
 from nebula_core.contract.limits import API_BODY_MAX_BYTES
 
@@ -45,14 +52,52 @@ async def errors(request: web.Request, handler):
         code = _HTTP_CODES.get(err.status, "error")
         message = err.reason if err.text in (None, "", f"{err.status}: {err.reason}") else err.text
         return respond(Error(code=code, message=str(message)), err.status, headers=_allow(err))
-    except Exception:
+    except Exception as err:
+        away = unavailable(err)
+        if away is not None:
+            log.warning("dependency unavailable method=%s path=%s error=%r", request.method, request.path, err)
+            return _error(away)
         log.exception("unhandled error method=%s path=%s", request.method, request.path)
         return respond(Error(code="internal", message="internal error; the operator's logs have the details"), 500)
 
 
+#: NATS away: no server to talk to, or the connection closed, stale or still reconnecting
+#: (its timeouts are `TimeoutError`s, below); JetStream not answering for its stream.
+_NATS_AWAY = (
+    nats.errors.NoServersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.StaleConnectionError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+)
+#: Postgres away: the connection refused, lost or never made (`OSError`, below), the
+#: server shutting down or starting up, a statement cancelled, no connection slot free.
+_POSTGRES_AWAY = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
+
+
+def unavailable(err: BaseException) -> Unavailable | None:
+    """The 503 that `err` is when it says a dependency is away; None for any other error."""
+    if isinstance(err, nats.errors.TimeoutError):
+        return Unavailable("NATS did not answer in time; retry shortly")
+    if isinstance(err, _NATS_AWAY):
+        return Unavailable(f"NATS is unavailable ({type(err).__name__}); retry shortly")
+    if isinstance(err, TimeoutError):  # a pool's acquire or a statement (NATS' timeouts are its own, above)
+        return Unavailable("Postgres did not answer in time, or no connection to it was free; retry shortly")
+    if isinstance(err, (OSError, *_POSTGRES_AWAY)):  # only the pool connects while serving
+        return Unavailable(f"Postgres is unavailable ({type(err).__name__}); retry shortly")
+    return None
+
+
 def _error(err: NebulaError) -> web.Response:
     fields = err.fields if isinstance(err, Invalid) else []
-    return respond(Error(code=err.code, message=err.message, fields=fields), err.http_status)
+    headers = {"Retry-After": str(err.retry_after)} if isinstance(err, (Unavailable, RateLimited)) else None
+    return respond(Error(code=err.code, message=err.message, fields=fields), err.http_status, headers=headers)
 
 
 def _allow(err: web.HTTPException) -> dict[str, str] | None:

@@ -67,9 +67,31 @@ class QuotaExceeded(NebulaError):
     http_status = 409
 
 
-class NodeUnavailable(NebulaError):
-    code = "node_unavailable"
+class Unavailable(NebulaError):
+    """A dependency (Postgres, NATS, a node) is away or did not answer in time; the same
+    request may succeed after `retry_after` seconds."""
+
+    code = "unavailable"
     http_status = 503
+
+    def __init__(self, message: str, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NodeUnavailable(Unavailable):
+    code = "node_unavailable"
+
+
+class RateLimited(NebulaError):
+    """The caller is over one of its limits (requests per second, open event streams)."""
+
+    code = "rate_limited"
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class TopologyConflict(NebulaError):
@@ -91,7 +113,9 @@ ERRORS_BY_CODE: dict[str, type[NebulaError]] = {
         Unauthorized,
         Forbidden,
         QuotaExceeded,
+        Unavailable,
         NodeUnavailable,
+        RateLimited,
         TopologyConflict,
     )
 }
