@@ -34,6 +34,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: JetStream replicas for streams and buckets: 1 on one server, 3 on a cluster.
     nats_replicas: int = 1
     heartbeat_interval: float = 5.0
+    # --- API ---------------------------------------------------------------------------
+    #: Requests per second each token may make, on average (0: no limit), and how many it
+    #: may make at once beyond that; then 429 with Retry-After. Per API process; the
+    #: bootstrap admin token is not limited.
+    api_rate: float = 50.0
+    api_burst: int = 200
+    #: Event streams (`GET /v1/events`) each token may hold open at once, per API process.
+    api_event_streams: int = 8
     # --- orchestrator ------------------------------------------------------------------
     #: "spread" (fewest claims first) or "pack" (fullest node first).
     placement_strategy: Literal["spread", "pack"] = "spread"

@@ -15,6 +15,7 @@ from nebula_core.api.idempotency import idempotency
 from nebula_core.api.metrics import Metrics
 from nebula_core.api.metrics import middleware as metrics_middleware
 from nebula_core.api.openapi import document
+from nebula_core.api.ratelimit import LIMITS, Limits, limit_rate
 from nebula_core.api.routing import Operation, route_name
 from nebula_core.api.writes import Writer
 from nebula_core.config import Settings
@@ -62,11 +63,12 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
 def make_app(settings: Settings) -> web.Application:
     metrics = Metrics()
     app = web.Application(
-        middlewares=[metrics_middleware(metrics), errors, auth.authenticate, idempotency],
+        middlewares=[metrics_middleware(metrics), errors, auth.authenticate, limit_rate, idempotency],
         client_max_size=API_BODY_MAX_BYTES,
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
+    app[LIMITS] = Limits(rate=settings.api_rate, burst=settings.api_burst, streams=settings.api_event_streams)
     for module in MODULES:
         module.ops.add_to(app)
     names = [route_name(op) for op in operations()]

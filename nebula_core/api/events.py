@@ -4,7 +4,8 @@ Each SSE message is one event: `id` is its stream sequence, `event` its type, `d
 EventRecord as JSON. A client that reconnects with `Last-Event-ID` (or `?since=<seq>`)
 resumes right after that sequence, losing nothing. Callers see only the events of what
 they may see: their projects and those projects' instances, their own user, the images;
-cloud admins see everything.
+cloud admins see everything. A token holds at most `NEBULA_API_EVENT_STREAMS` streams open
+at once (a 429 beyond; see `ratelimit`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nebula_core.api import keys
 from nebula_core.api.auth import Principal, principal
 from nebula_core.api.event_records import record
+from nebula_core.api.ratelimit import LIMITS
 from nebula_core.api.routing import Operations
 from nebula_core.contract import subjects
 from nebula_core.contract.errors import Invalid
@@ -93,6 +95,11 @@ def _resume_from(request: web.Request) -> int | None:
 async def stream_events(request: web.Request) -> web.StreamResponse:
     who = principal(request)
     since = _resume_from(request)
+    with request.app[LIMITS].stream(who):
+        return await _stream(request, who, since)
+
+
+async def _stream(request: web.Request, who: Principal, since: int | None) -> web.StreamResponse:
     js = request.app[keys.NATS_CLIENT].jetstream()
     config = (
         ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
