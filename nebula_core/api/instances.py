@@ -18,6 +18,7 @@ from nebula_core.api import keys, queries
 from nebula_core.api.auth import principal, require_role
 from nebula_core.api.event_records import record
 from nebula_core.api.idempotency import new_id
+from nebula_core.api.project_lock import project_lock
 from nebula_core.api.resources import etag, if_match, path_uuid, read_your_write
 from nebula_core.api.routing import Operations, body, respond
 from nebula_core.contract import commands, subjects
@@ -26,15 +27,12 @@ from nebula_core.contract.errors import Conflict, Invalid, NodeUnavailable, NotF
 from nebula_core.contract.kv import InstanceSeed
 from nebula_core.contract.limits import CONSOLE_DEFAULT_BYTES, CONSOLE_MAX_BYTES, USER_DATA_MAX_BYTES
 from nebula_core.contract.node import ConsoleRequest
-from nebula_core.contract.types import Quotas, Resources
+from nebula_core.contract.types import Quotas, Resources, Role
 from nebula_core.domain import Instance, create_with_id
 from nebula_core.eventstore import EventStore
 from nebula_core.messaging import NodeClient
 
 ops = Operations()
-
-#: Wait at most this long for the read models before counting a project's usage.
-QUOTA_CATCH_UP_S = 5.0
 
 
 def _instance_from_aggregate(instance: Instance) -> shapes.Instance:
@@ -59,17 +57,25 @@ def _instance_from_aggregate(instance: Instance) -> shapes.Instance:
     )
 
 
-async def _visible(request: web.Request, instance_id: uuid.UUID, at_least: str = "reader") -> Instance:
+async def _require_role(request: web.Request, instance_id: uuid.UUID, project_id: uuid.UUID, at_least: Role) -> None:
+    """The caller may see the instance (else `NotFound`) and act on it (else `Forbidden`).
+    Cloud admins may, always: an instance left in a deleted project included."""
+    if principal(request).is_admin:
+        return
+    try:
+        await require_role(request, project_id, at_least)
+    except NotFound:
+        raise NotFound(f"instance {instance_id} not found") from None
+
+
+async def _visible(request: web.Request, instance_id: uuid.UUID, at_least: Role = "reader") -> Instance:
     """The instance, if the caller may see it (else `NotFound`) and act on it (else `Forbidden`)."""
     store: EventStore = request.app[keys.WRITER].store
     try:
         instance = await store.load(Instance, instance_id)
     except NotFound:
         raise NotFound(f"instance {instance_id} not found") from None
-    try:
-        await require_role(request, instance.project_id, at_least)  # type: ignore[arg-type]
-    except NotFound:
-        raise NotFound(f"instance {instance_id} not found") from None
+    await _require_role(request, instance_id, instance.project_id, at_least)
     return instance
 
 
@@ -129,11 +135,9 @@ async def create_instance(request: web.Request) -> web.Response:
     image = await _image_for(pool, spec)
     flavor = Resources(vcpus=spec.vcpus, ram_mb=spec.ram_mb, disk_gb=spec.disk_gb)
     instance_id = new_id(request, "instance")
-    # One creator per project at a time, across API replicas: count, append, see it counted.
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"quota:{spec.project_id}")
-        if not await writer.projected(await writer.stream_head(), timeout=QUOTA_CATCH_UP_S, using=conn):
-            raise NodeUnavailable("the read models are lagging; quotas cannot be checked now — retry shortly")
+    # One writer per project at a time (creators, a deletion), across API replicas: count,
+    # append, see it counted - and never create in a project deleted meanwhile.
+    async with project_lock(writer, spec.project_id) as conn:
         quotas = await queries.quotas(conn, spec.project_id)
         _check_quota(quotas, await queries.usage(conn, spec.project_id), flavor)
         token = await _store_seed(writer.js, instance_id, spec.user_data)
@@ -217,10 +221,7 @@ async def get_instance(request: web.Request) -> web.Response:
         # Not projected yet (or the projector is behind): the events are the truth.
         view = _instance_from_aggregate(await _visible(request, instance_id))
     else:
-        try:
-            await require_role(request, row["project_id"], "reader")
-        except NotFound:
-            raise NotFound(f"instance {instance_id} not found") from None
+        await _require_role(request, instance_id, row["project_id"], "reader")
         view = queries.instance_shape(row)
     return respond(view, headers=etag(view.version))
 

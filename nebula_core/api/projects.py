@@ -9,6 +9,7 @@ from aiohttp import web
 from nebula_core.api import keys, queries
 from nebula_core.api.auth import principal, require_admin, require_role
 from nebula_core.api.idempotency import new_id
+from nebula_core.api.project_lock import project_lock
 from nebula_core.api.resources import etag, if_match, path_uuid, read_your_write
 from nebula_core.api.routing import Operations, body, respond
 from nebula_core.contract import http as shapes
@@ -136,14 +137,17 @@ async def patch_project(request: web.Request) -> web.Response:
 async def delete_project(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
     await require_role(request, project_id, "admin")
-    held = await queries.usage(request.app[keys.POOL], project_id)
-    if held.instances:
-        raise Conflict(f"project {project_id} still holds {held.instances} instance(s); delete them first")
     writer = request.app[keys.WRITER]
-    _, seq = await writer.change(
-        Project, project_id, lambda p: p.delete(), actor=principal(request).key, expected_version=if_match(request)
-    )
-    await writer.projected(seq)
+    # The lock instance creators take: none is between its count and its append, and none
+    # creates in the project once it is deleted.
+    async with project_lock(writer, project_id) as conn:
+        held = await queries.usage(conn, project_id)
+        if held.instances:
+            raise Conflict(f"project {project_id} still holds {held.instances} instance(s); delete them first")
+        _, seq = await writer.change(
+            Project, project_id, lambda p: p.delete(), actor=principal(request).key, expected_version=if_match(request)
+        )
+        await writer.projected(seq, using=conn)
     return web.Response(status=204)
 
 
