@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
+
+from nebula_core.contract.redaction import redacted_url
 
 log = logging.getLogger("nebula.nats")
 
@@ -35,13 +36,8 @@ def servers(url: str) -> list[str]:
 
 def redacted(url: str) -> str:
     """`url` fit for a message or a log: passwords (`nats://user:secret@host`) and tokens
-    (`nats://secret@host`) replaced."""
-
-    def hide(match: re.Match[str]) -> str:
-        user, colon, _ = match.group(1).partition(":")
-        return f"//{user}:***@" if colon else "//***@"
-
-    return ",".join(re.sub(r"//([^/]*)@", hide, part) for part in servers(url))
+    (`nats://secret@host`) replaced, in each server's URL."""
+    return ",".join(redacted_url(part) for part in servers(url))
 
 
 async def connect(url: str, *, name: str, once: bool = False, **options: Any) -> NATS:
