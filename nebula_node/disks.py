@@ -189,13 +189,18 @@ class InstanceDisks:
     async def _inspect_base(self, base: Path) -> DiskSpec:
         if not base.is_file():
             raise BaseImageUnusable(base, "no such file")
-        spec = DiskSpec.from_info(await self._info(base))
+        info = await self._info(base)
+        spec = DiskSpec.from_info(info)
         if spec.format not in BASE_FORMATS:
             supported = ", ".join(sorted(BASE_FORMATS))
             raise BaseImageUnusable(base, f"format {spec.format!r} is not one of {supported}")
-        if spec.backing_file is not None:
-            # A base pointing elsewhere could expose arbitrary host files to the guest.
-            raise BaseImageUnusable(base, f"has a backing file of its own ({spec.backing_file})")
+        # A base pointing at other files could expose any file of the host to the guest.
+        backing = spec.backing_file or info.get("full-backing-filename")
+        if backing is not None:
+            raise BaseImageUnusable(base, f"has a backing file of its own ({backing})")
+        data_file = info.get("format-specific", {}).get("data", {}).get("data-file")
+        if data_file is not None:
+            raise BaseImageUnusable(base, f"keeps its data in an external file ({data_file})")
         return spec
 
     async def _ensure_disk(self, path: Path, want: DiskSpec) -> Path:
