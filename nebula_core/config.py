@@ -5,6 +5,7 @@ wins. Each field's variable is its name in upper case with the `NEBULA_` prefix.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Literal
 
 import msgspec
+
+from nebula_core.contract.image_sources import ImageSources
 
 DEFAULT_CONFIG_FILE = "/etc/nebula/nebula.toml"
 
@@ -70,10 +73,23 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     #: A libvirt network for the guests' NIC (e.g. "default"); empty: QEMU's user-mode
     #: networking, where a guest reaches its host - and the metadata service - at 10.0.2.2.
     node_network: str = ""
+    # --- images (API and node agent) ---------------------------------------------------
+    #: Directories local image sources (a path or file:// URL) must lie under, separated by
+    #: ':' or ','; empty: the state directory's images/ (where `nebula up` builds nebula-tiny).
+    image_roots: str = ""
+    #: Let http(s) image sources reach loopback, link-local, private-use and this host's
+    #: own addresses (off: only globally routable ones, so images cannot probe the inside).
+    image_allow_private: bool = False
 
     @property
     def images_dir(self) -> Path:
         return Path(self.state_dir) / "images"
+
+    @property
+    def image_sources(self) -> ImageSources:
+        """Where images may come from (`image_roots`, `image_allow_private`)."""
+        roots = [part.strip() for part in re.split(r"[:,]", self.image_roots) if part.strip()]
+        return ImageSources(roots=tuple(roots) or (str(self.images_dir),), allow_private=self.image_allow_private)
 
     @property
     def instances_dir(self) -> Path:

@@ -182,6 +182,7 @@ class NodeAgent:
                 node_id=settings.node_id,
                 kvm=use_kvm,
                 network=settings.node_network or None,
+                image_sources=settings.image_sources,
             )
             self._owns_driver = True
         else:

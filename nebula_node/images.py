@@ -2,9 +2,12 @@
 
 An artifact (a qcow2 or raw base image, a kernel, an initrd) is named by the sha256 of its
 bytes and lives at ``<root>/sha256/<hex>``. It is fetched from a local path, a ``file://``
-URL or an ``http(s)://`` URL into a temporary file in the same directory, hashed while it
-streams, and renamed into place only once its sha256 (and size, when known) match. So a
-file under its final name is always complete and verified, and is trusted by its name.
+URL or an ``http(s)://`` URL - as the operator's image policy allows (`image_fetch`) - into
+a temporary file in the same directory, hashed while it streams, and renamed into place
+only once its sha256 (and size, when known) match. So a file under its final name is
+always complete and verified, and is trusted by its name. A mismatch says what was
+expected and how much was read, never the hash of what was read (which would make the
+cache an oracle for files it may not serve).
 
 A direct-kernel image is two artifacts (kernel and initrd): ensure each of them.
 """
@@ -18,57 +21,62 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
-from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import msgspec
 
+from nebula_core.contract.image_sources import ImageSources
+from nebula_core.contract.redaction import redacted_url
+from nebula_node.image_fetch import (
+    CHUNK_BYTES,
+    ImageError,
+    ImageFetchFailed,
+    ImageNotFound,
+    ImageSourceRefused,
+    read,
+)
+
+__all__ = [
+    "ArtifactRef",
+    "CachedImage",
+    "ImageCache",
+    "ImageChecksumMismatch",
+    "ImageError",
+    "ImageFetchFailed",
+    "ImageNotFound",
+    "ImageSizeMismatch",
+    "ImageSourceRefused",
+    "ImageVerificationFailed",
+    "check_sha256",
+]
+
 log = logging.getLogger(__name__)
 
-CHUNK_BYTES = 1 << 20
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _HTTP_SCHEMES = ("http://", "https://")
 # No total deadline: a multi-GiB image may take long; a stalled connection may not.
 DEFAULT_HTTP_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=30, sock_read=60)
 
 
-# --- errors ------------------------------------------------------------------------------
-
-
-class ImageError(Exception):
-    """Base of every image cache failure; ``source`` names where the bytes came from."""
-
-    def __init__(self, source: str, message: str) -> None:
-        super().__init__(f"image {source}: {message}")
-        self.source = source
-
-
-class ImageNotFound(ImageError):
-    """The source does not exist (a missing local file, HTTP 404 or 410)."""
-
-
-class ImageFetchFailed(ImageError):
-    """The source exists but could not be read or stored (HTTP error, network, I/O)."""
+# --- errors (those of reading a source live in `image_fetch`) ----------------------------
 
 
 class ImageVerificationFailed(ImageError):
     """The fetched bytes are not the artifact that was asked for; nothing was cached."""
 
-    def __init__(self, source: str, message: str, *, expected: object, actual: object) -> None:
-        super().__init__(source, message)
-        self.expected = expected
-        self.actual = actual
-
 
 class ImageChecksumMismatch(ImageVerificationFailed):
-    """The sha256 of the fetched bytes differs from the expected one."""
+    """The fetched bytes do not hash to the registered sha256 (``expected``); ``size`` is
+    how many bytes were read. The hash of what was read is not told."""
 
-    def __init__(self, source: str, *, expected: str, actual: str) -> None:
-        super().__init__(source, f"sha256 is {actual}, expected {expected}", expected=expected, actual=actual)
+    def __init__(self, source: str, *, expected: str, size: int) -> None:
+        super().__init__(source, f"did not match its registered sha256 {expected} ({size} bytes read)")
+        self.expected = expected
+        self.size = size
 
 
 class ImageSizeMismatch(ImageVerificationFailed):
@@ -76,7 +84,9 @@ class ImageSizeMismatch(ImageVerificationFailed):
 
     def __init__(self, source: str, *, expected: int, actual: int, aborted: bool = False) -> None:
         got = f"more than {expected} (stopped after {actual})" if aborted else str(actual)
-        super().__init__(source, f"size is {got} bytes, expected {expected}", expected=expected, actual=actual)
+        super().__init__(source, f"size is {got} bytes, expected {expected}")
+        self.expected = expected
+        self.actual = actual
 
 
 # --- values ------------------------------------------------------------------------------
@@ -121,20 +131,22 @@ def check_sha256(sha256: str) -> str:
 class ImageCache:
     """Artifacts under ``<root>/sha256/``, each fetched at most once per node.
 
-    ``session`` is an optional aiohttp session owned by the caller (it is not closed here);
-    without one, each http(s) download uses a session of its own.
+    ``sources`` is the operator's image policy (`Settings.image_sources`); without one,
+    local sources must lie under ``root`` itself (the default image root is the cache's
+    own directory, `Settings.images_dir`) and http(s) ones reach only global addresses.
+    Each http(s) download uses a session of its own, whose resolver enforces the policy.
     """
 
     def __init__(
         self,
         root: Path,
         *,
-        session: aiohttp.ClientSession | None = None,
+        sources: ImageSources | None = None,
         timeout: aiohttp.ClientTimeout = DEFAULT_HTTP_TIMEOUT,
     ) -> None:
         self.root = Path(root)
         self._dir = self.root / "sha256"
-        self._session = session
+        self.sources = sources or ImageSources(roots=(str(self.root),))
         self._timeout = timeout
         self._locks = _KeyedLocks()
 
@@ -194,8 +206,8 @@ class ImageCache:
         expected = _expected_size(artifact)
         if expected is not None and size != expected:
             problem = f"size {size} != expected {expected}"
-        elif verify and (actual := await asyncio.to_thread(_hash_file, path)) != artifact.sha256:
-            problem = f"contents hash to {actual}"
+        elif verify and await asyncio.to_thread(_hash_file, path) != artifact.sha256:
+            problem = "its contents no longer hash to its name"
         else:
             return True
         log.warning("discarding corrupt cached image sha256=%s: %s", artifact.sha256, problem)
@@ -210,7 +222,7 @@ class ImageCache:
         except OSError as exc:
             raise ImageFetchFailed(artifact.source, f"cannot write to the cache: {exc}") from exc
         part = Path(name)
-        log.info("fetching image sha256=%s source=%s", artifact.sha256, artifact.source)
+        log.info("fetching image sha256=%s source=%s", artifact.sha256, redacted_url(artifact.source))
         try:
             with os.fdopen(fd, "wb") as out:
                 digest, size = await self._copy(artifact, out)
@@ -233,36 +245,13 @@ class ImageCache:
         """
         hasher = hashlib.sha256()
         size, limit = 0, _expected_size(artifact)
-        async with aclosing(self._chunks(artifact.source)) as chunks:
+        async with aclosing(read(artifact.source, self.sources, self._timeout)) as chunks:
             async for chunk in chunks:
                 size += len(chunk)
                 if limit is not None and size > limit:
                     raise ImageSizeMismatch(artifact.source, expected=limit, actual=size, aborted=True)
                 await asyncio.to_thread(_absorb, hasher, out, chunk)
         return hasher.hexdigest(), size
-
-    def _chunks(self, source: str) -> AsyncGenerator[bytes, None]:
-        if _is_http(source):
-            return self._http_chunks(source)
-        return _file_chunks(source)
-
-    async def _http_chunks(self, url: str) -> AsyncGenerator[bytes, None]:
-        async with self._client() as session:
-            try:
-                async with session.get(url, timeout=self._timeout) as response:
-                    _check_status(url, response.status, response.reason)
-                    async for chunk in response.content.iter_chunked(CHUNK_BYTES):
-                        yield chunk
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise ImageFetchFailed(url, f"{type(exc).__name__}: {exc}") from exc
-
-    @asynccontextmanager
-    async def _client(self) -> AsyncIterator[aiohttp.ClientSession]:
-        if self._session is not None:
-            yield self._session
-        else:
-            async with aiohttp.ClientSession() as session:
-                yield session
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -302,36 +291,6 @@ def _expected_size(artifact: ArtifactRef) -> int | None:
     return artifact.size or None
 
 
-def _local_path(source: str) -> Path:
-    """The filesystem path of an absolute path or a ``file://`` URL."""
-    if source.startswith("file://"):
-        parts = urlsplit(source)
-        if parts.netloc not in ("", "localhost"):
-            raise ImageFetchFailed(source, "file:// URLs must name a local path")
-        return Path(unquote(parts.path))
-    return Path(source)
-
-
-async def _file_chunks(source: str) -> AsyncGenerator[bytes, None]:
-    path = _local_path(source)
-    try:
-        stream = await asyncio.to_thread(open, path, "rb")
-    except FileNotFoundError as exc:
-        raise ImageNotFound(source, "no such file") from exc
-    except OSError as exc:
-        raise ImageFetchFailed(source, f"cannot open: {exc}") from exc
-    with stream:
-        while chunk := await asyncio.to_thread(stream.read, CHUNK_BYTES):
-            yield chunk
-
-
-def _check_status(url: str, status: int, reason: str | None) -> None:
-    if status in (404, 410):
-        raise ImageNotFound(url, f"HTTP {status} {reason or ''}".rstrip())
-    if status != 200:
-        raise ImageFetchFailed(url, f"HTTP {status} {reason or ''}".rstrip())
-
-
 def _absorb(hasher: hashlib._Hash, out: BinaryIO, chunk: bytes) -> None:
     hasher.update(chunk)
     out.write(chunk)
@@ -342,7 +301,7 @@ def _verify(artifact: ArtifactRef, digest: str, size: int) -> None:
     if expected is not None and size != expected:
         raise ImageSizeMismatch(artifact.source, expected=expected, actual=size)
     if digest != artifact.sha256:
-        raise ImageChecksumMismatch(artifact.source, expected=artifact.sha256, actual=digest)
+        raise ImageChecksumMismatch(artifact.source, expected=artifact.sha256, size=size)
 
 
 def _hash_file(path: Path) -> str:

@@ -125,9 +125,8 @@ async def _stream(request: web.Request, who: Principal, since: int | None) -> we
                 if event is None or not await visibility.allows(event):
                     continue
                 seq = message.metadata.sequence.stream
-                await response.send(
-                    msgspec.json.encode(record(seq, event)).decode(), id=str(seq), event=event_type(event)
-                )
+                shown = record(seq, event, sources_shown=who.is_admin)
+                await response.send(msgspec.json.encode(shown).decode(), id=str(seq), event=event_type(event))
     finally:
         await sub.unsubscribe()
     return response

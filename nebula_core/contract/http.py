@@ -107,7 +107,17 @@ class Member(msgspec.Struct, kw_only=True):
 class ImageCreate(Body, kw_only=True):
     name: Name
     format: ImageFormat
-    source: Annotated[str, msgspec.Meta(min_length=1, max_length=2048, pattern=r"^(/|file://|https?://)")]
+    source: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=2048,
+            pattern=r"^(/|file://|https?://)",
+            description="An absolute path or file:// URL under one of the operator's image roots "
+            "(NEBULA_IMAGE_ROOTS), or an http(s) URL; by default, no loopback, link-local, private-use or "
+            "other non-global address (NEBULA_IMAGE_ALLOW_PRIVATE). Nodes check it again when they fetch",
+        ),
+    ]
     sha256: Sha256
     size: Annotated[int, msgspec.Meta(ge=0, le=1 << 44)] = 0
     min_disk_gb: Annotated[int, msgspec.Meta(ge=0, le=65536)] = 0
@@ -117,7 +127,13 @@ class Image(msgspec.Struct, kw_only=True):
     id: uuid.UUID
     name: str
     format: ImageFormat
-    source: str
+    source: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="Where nodes fetch the image from; shown to cloud admins only (a source may carry "
+            "credentials), null for everyone else"
+        ),
+    ]
     sha256: str
     size: int
     min_disk_gb: int

@@ -46,6 +46,7 @@ import msgspec
 from aiohttp import web
 
 from nebula_core.allinone.opsfiles import ops_path
+from nebula_core.contract.image_sources import ImageSources
 from nebula_node.disks import InstanceDisks
 from nebula_node.images import ImageCache
 from nebula_node.libvirt.domain_xml import AttachedDisk, GuestSpec, KernelBoot, build_domain
@@ -223,7 +224,7 @@ class Run:
     def __init__(self, conn: libvirt.virConnect, state: Path, image_dir: Path, keep: bool) -> None:
         self.conn, self.keep = conn, keep
         self.image_dir = image_dir
-        self.cache = ImageCache(state / "images")
+        self.cache = ImageCache(state / "images", sources=ImageSources(roots=(str(image_dir),)))
         self.disks = InstanceDisks(state / "instances")
         self.seed = Seed(instance_id=uuid.uuid4())
         self.console_log = self.disks.console_log_path(self.seed.instance_id)

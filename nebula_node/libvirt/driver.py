@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from nebula_core.contract.errors import Conflict, NodeUnavailable, NotFound
+from nebula_core.contract.image_sources import ImageSources
 from nebula_core.contract.node import CreateRequest, DomainState
 from nebula_core.contract.types import Resources
 from nebula_node import disks, images
@@ -153,14 +154,22 @@ class LibvirtDriver:
 
     @classmethod
     def for_node(
-        cls, uri: str, state_dir: Path, *, node_id: str, kvm: bool = False, network: str | None = None
+        cls,
+        uri: str,
+        state_dir: Path,
+        *,
+        node_id: str,
+        kvm: bool = False,
+        network: str | None = None,
+        image_sources: ImageSources | None = None,
     ) -> LibvirtDriver:
         """Node `node_id`'s driver, keeping images and disks under `state_dir` (see
-        `Settings.images_dir`); KVM if `kvm` and the host's /dev/kvm works."""
+        `Settings.images_dir`) and fetching images as `image_sources` allows (default: local
+        ones under the images directory); KVM if `kvm` and the host's /dev/kvm works."""
         images_dir, instances_dir = Path(state_dir) / "images", Path(state_dir) / "instances"
         return cls(
             uri,
-            LocalMedia(images.ImageCache(images_dir), disks.InstanceDisks(instances_dir)),
+            LocalMedia(images.ImageCache(images_dir, sources=image_sources), disks.InstanceDisks(instances_dir)),
             node_id=node_id,
             domain_type=choose_domain_type(kvm),
             disk_root=instances_dir,

@@ -96,7 +96,7 @@ def media_errors() -> Iterator[None]:
         yield
     except images.ImageNotFound as err:
         raise NotFound(str(err)) from err
-    except images.ImageVerificationFailed as err:
+    except (images.ImageVerificationFailed, images.ImageSourceRefused) as err:
         raise Invalid(str(err), ["$.image"]) from err
     except images.ImageError as err:
         raise HypervisorError(str(err)) from err

@@ -98,6 +98,12 @@ def host() -> Host:
 
 
 @pytest.fixture
+def image_roots(host: Host) -> str:
+    """The cloud's and the node's image root: where nebula-tiny is built."""
+    return str(host.image_dir.parent)
+
+
+@pytest.fixture
 def virt(host: Host) -> Iterator[libvirt.virConnect]:
     """The test's own connection to qemu:///system, to look at what the node did."""
     conn = libvirt.open(URI)
@@ -229,6 +235,7 @@ async def nebula(
         libvirt_uri=URI,
         node_id=f"e2e-{uuid.uuid4().hex[:8]}",
         state_dir=str(host.state_dir),
+        image_roots=cloud.settings.image_roots,
         meta_url=meta.guest_url,
         # Creating a domain and booting it under TCG takes seconds, not milliseconds.
         node_timeout=60.0,

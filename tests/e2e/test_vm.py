@@ -319,7 +319,9 @@ async def test_a_vm_whose_seed_carries_a_wrong_token_gets_nothing(
         assert refused == await get(f"/nocloud/{uuid.uuid4()}/{token}/user-data")
 
     # A guest booted by the node's own driver with that token in its seed asks, and gets 404s.
-    driver = LibvirtDriver.for_node(URI, host.state_dir, node_id="e2e-wrong-token")
+    driver = LibvirtDriver.for_node(
+        URI, host.state_dir, node_id="e2e-wrong-token", image_sources=cloud.settings.image_sources
+    )
     await driver.open()
     leftovers.add(instance_id)
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -81,12 +82,13 @@ class Cloud:
         assert status == 201, body
 
     async def image(self, name: str = "tiny") -> str:
+        """Register a direct-kernel image (whose files need not exist) under the image root."""
         status, body = await self.admin.post(
             "/v1/images",
             {
                 "name": name,
                 "format": "direct-kernel",
-                "source": "/srv/images/tiny/manifest.json",
+                "source": f"{self.settings.image_sources.roots[0]}/tiny/manifest.json",
                 "sha256": "a" * 64,
                 "size": 1234,
             },
@@ -96,8 +98,18 @@ class Cloud:
 
 
 @pytest.fixture
-async def cloud(nats_server: NatsServer, js: JetStreamContext, pool: asyncpg.Pool, pg_dsn: str) -> AsyncIterator[Cloud]:
-    settings = config.load({}, nats_url=nats_server.url, pg_dsn=pg_dsn, admin_token=ADMIN_TOKEN)
+def image_roots(tmp_path: Path) -> str:
+    """`NEBULA_IMAGE_ROOTS` of the cloud under test: where local image sources may lie."""
+    return str(tmp_path / "images")
+
+
+@pytest.fixture
+async def cloud(
+    nats_server: NatsServer, js: JetStreamContext, pool: asyncpg.Pool, pg_dsn: str, image_roots: str
+) -> AsyncIterator[Cloud]:
+    settings = config.load(
+        {}, nats_url=nats_server.url, pg_dsn=pg_dsn, admin_token=ADMIN_TOKEN, image_roots=image_roots
+    )
     stop = asyncio.Event()
     projector = asyncio.create_task(Projector(js, pool).run(stop))
     server = TestServer(make_app(settings), host="127.0.0.1")

@@ -144,7 +144,7 @@ async def the_instance(cloud: Cloud, name: str = "web-1") -> str:
     return await eventually(probe)
 
 
-async def test_an_admin_sets_up_projects_users_and_images(nebula: Nebula, tmp_path: Path) -> None:
+async def test_an_admin_sets_up_projects_users_and_images(nebula: Nebula, image_roots: str) -> None:
     created = await nebula("project", "create", "demo", "--tag", "team=infra", "--max-instances", "5")
     assert created.code == 0, created.err
     assert "demo" in created.out and "0 of 5" in created.out
@@ -164,7 +164,8 @@ async def test_an_admin_sets_up_projects_users_and_images(nebula: Nebula, tmp_pa
     as_alice = (await nebula("project", "show", "demo", "--json", token=alice["token"])).json()
     assert as_alice["name"] == "demo"
 
-    kernel = tmp_path / "manifest.json"
+    kernel = Path(image_roots) / "nebula-tiny" / "manifest.json"
+    kernel.parent.mkdir(parents=True)
     kernel.write_text('{"kernel": "vmlinuz"}')
     image = (
         await nebula("image", "create", "nebula-tiny", "--format", "direct-kernel", "--source", str(kernel), "--json")

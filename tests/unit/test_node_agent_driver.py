@@ -18,6 +18,7 @@ import msgspec
 import pytest
 
 from nebula_core.contract.errors import Conflict, NotFound
+from nebula_core.contract.image_sources import ImageSources
 from nebula_core.contract.node import CreateRequest, ImageSpec
 from nebula_core.contract.types import Resources
 from nebula_node.libvirt.domain_xml import (
@@ -84,7 +85,8 @@ def cloud_image(tmp_path: Path) -> ImageSpec:
 @pytest.fixture
 async def driver(tmp_path: Path) -> AsyncIterator[LibvirtDriver]:
     uri = simulated_host_uri(tmp_path / "host.xml", Resources(vcpus=8, ram_mb=8192))
-    driver = LibvirtDriver.for_node(uri, tmp_path / "state", node_id="n1")
+    published = ImageSources(roots=(str(tmp_path / "published"),))
+    driver = LibvirtDriver.for_node(uri, tmp_path / "state", node_id="n1", image_sources=published)
     await driver.open()
     yield driver
     await driver.close()
@@ -256,7 +258,10 @@ async def test_guests_get_user_mode_networking_or_a_port_on_the_named_network(dr
     assert (nic.type, nic.source_network) == ("user", None)
 
     uri = simulated_host_uri(tmp_path / "bridged.xml", Resources(vcpus=8, ram_mb=8192))
-    bridged = LibvirtDriver.for_node(uri, tmp_path / "bridged", node_id="n1", network="default")
+    published = ImageSources(roots=(str(tmp_path / "published"),))
+    bridged = LibvirtDriver.for_node(
+        uri, tmp_path / "bridged", node_id="n1", network="default", image_sources=published
+    )
     await bridged.open()
     try:
         await bridged.create(req)

@@ -1,9 +1,11 @@
-"""The node image cache: fetch once, verify before trusting, never keep bad bytes."""
+"""The node image cache: fetch once, verify before trusting, never keep bad bytes, and
+read only what the image policy allows (local files under the image roots)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 import time
 import uuid
@@ -12,10 +14,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 
+from nebula_core.contract.image_sources import ImageSources
 from nebula_core.contract.node import ImageSpec
 from nebula_node.images import (
     CachedImage,
@@ -24,6 +26,7 @@ from nebula_node.images import (
     ImageFetchFailed,
     ImageNotFound,
     ImageSizeMismatch,
+    ImageSourceRefused,
 )
 
 IMAGE = b"nebula base image\n" * 100_000  # ~1.8 MB: several chunks
@@ -84,7 +87,9 @@ async def server() -> AsyncIterator[ImageServer]:
 
 @pytest.fixture
 def cache(tmp_path: Path) -> ImageCache:
-    return ImageCache(tmp_path / "cache")
+    """Local sources under <tmp>/source; the test server on 127.0.0.1 is allowed (the
+    policy on addresses has tests of its own, in tests/integration/test_images_hardened.py)."""
+    return ImageCache(tmp_path / "cache", sources=ImageSources(roots=(str(tmp_path / "source"),), allow_private=True))
 
 
 @pytest.fixture
@@ -131,9 +136,19 @@ async def test_checksum_mismatch_raises_and_leaves_nothing_in_the_cache(cache, s
     with pytest.raises(ImageChecksumMismatch) as caught:
         await cache.ensure(ImageArtifact(OTHER_SHA, server.url("base.img")))
 
-    assert caught.value.expected == OTHER_SHA
-    assert caught.value.actual == IMAGE_SHA
+    assert (caught.value.expected, caught.value.size) == (OTHER_SHA, len(IMAGE))
     assert files_in(cache) == []
+
+
+async def test_a_checksum_mismatch_says_what_was_expected_never_the_hash_of_what_was_read(cache, local_image):
+    """Telling the sha256 of what was read would make the cache an oracle: register any
+    file with a wrong sha256 and learn the hash of its contents."""
+    with pytest.raises(ImageChecksumMismatch) as caught:
+        await cache.ensure(ImageArtifact(OTHER_SHA, str(local_image)))
+
+    message = str(caught.value)
+    assert f"did not match its registered sha256 {OTHER_SHA} ({len(IMAGE)} bytes read)" in message
+    assert IMAGE_SHA not in message and IMAGE_SHA not in repr(vars(caught.value))
 
 
 async def test_mismatch_is_not_remembered_so_the_next_ensure_fetches_again(cache, server):
@@ -184,13 +199,6 @@ async def test_concurrent_ensures_of_one_image_fetch_it_once(cache, server):
     assert {r.path for r in results} == {cache.path_for(IMAGE_SHA)}
 
 
-async def test_a_caller_owned_session_is_used_and_left_open(tmp_path, server):
-    async with aiohttp.ClientSession() as session:
-        cache = ImageCache(tmp_path / "cache", session=session)
-        await cache.ensure(ImageArtifact(IMAGE_SHA, server.url("base.img")))
-        assert not session.closed
-
-
 # --- local sources -----------------------------------------------------------------------
 
 
@@ -208,7 +216,7 @@ async def test_file_url_source_is_copied_into_the_cache(cache, local_image):
 
 async def test_missing_local_source_is_image_not_found(cache, tmp_path):
     with pytest.raises(ImageNotFound):
-        await cache.ensure(ImageArtifact(IMAGE_SHA, str(tmp_path / "nope.img")))
+        await cache.ensure(ImageArtifact(IMAGE_SHA, str(tmp_path / "source" / "nope.img")))
     assert files_in(cache) == []
 
 
@@ -242,6 +250,103 @@ async def test_cached_file_contradicting_the_known_size_is_fetched_again(cache, 
     cached.path.write_bytes(IMAGE[: len(IMAGE) // 2])  # e.g. truncated by a crash
 
     assert (await cache.ensure(artifact)).path.read_bytes() == IMAGE
+
+
+# --- the image roots ---------------------------------------------------------------------
+
+
+async def test_a_local_source_outside_the_image_roots_is_refused_and_not_read(cache, tmp_path):
+    elsewhere = tmp_path / "elsewhere.img"
+    elsewhere.write_bytes(IMAGE)
+
+    with pytest.raises(ImageSourceRefused, match="outside the image roots") as caught:
+        await cache.ensure(ImageArtifact(IMAGE_SHA, str(elsewhere)))
+    assert "NEBULA_IMAGE_ROOTS" in str(caught.value)
+    with pytest.raises(ImageSourceRefused):
+        await cache.ensure(ImageArtifact(IMAGE_SHA, elsewhere.as_uri()))
+    assert files_in(cache) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{root}/../source/base.img",
+        "{root}/../../../../etc/hostname",
+        "file://{root}/../source/base.img",
+        "file://{root}/%2e%2e/source/base.img",
+    ],
+)
+async def test_a_path_with_dot_dot_is_refused_even_when_it_would_land_inside_a_root(cache, local_image, source):
+    with pytest.raises(ImageSourceRefused, match=r"may not hold '\.\.'"):
+        await cache.ensure(ImageArtifact(IMAGE_SHA, source.format(root=local_image.parent)))
+    assert files_in(cache) == []
+
+
+async def test_a_symlink_that_leads_out_of_the_root_is_refused(cache, local_image, tmp_path):
+    outside = tmp_path / "secret.img"
+    outside.write_bytes(IMAGE)
+    (local_image.parent / "escape.img").symlink_to(outside)
+    (local_image.parent / "etc").symlink_to("/etc")
+
+    with pytest.raises(ImageSourceRefused, match="real path"):
+        await cache.ensure(ImageArtifact(IMAGE_SHA, str(local_image.parent / "escape.img")))
+    with pytest.raises(ImageSourceRefused, match="real path"):
+        await cache.ensure(ImageArtifact(IMAGE_SHA, str(local_image.parent / "etc" / "hostname")))
+    assert files_in(cache) == []
+
+
+async def test_a_symlink_that_stays_inside_the_root_is_followed(cache, local_image):
+    (local_image.parent / "current.img").symlink_to(local_image.name)
+
+    cached = await cache.ensure(ImageArtifact(IMAGE_SHA, str(local_image.parent / "current.img")))
+    assert cached.path.read_bytes() == IMAGE
+
+
+async def test_a_root_that_is_itself_a_symlink_holds_what_its_target_holds(tmp_path, local_image):
+    (tmp_path / "published").symlink_to(local_image.parent)
+    cache = ImageCache(tmp_path / "cache", sources=ImageSources(roots=(str(tmp_path / "published"),)))
+
+    assert (await cache.ensure(ImageArtifact(IMAGE_SHA, str(tmp_path / "published" / "base.img")))).size == len(IMAGE)
+    assert (await cache.ensure(ImageArtifact(IMAGE_SHA, str(local_image)))).size == len(IMAGE)
+
+
+async def test_only_regular_files_are_read_a_fifo_does_not_hang_the_node(cache, local_image):
+    fifo = local_image.parent / "pipe.img"
+    os.mkfifo(fifo)
+
+    with pytest.raises(ImageSourceRefused, match="not a regular file"):
+        await asyncio.wait_for(cache.ensure(ImageArtifact(IMAGE_SHA, str(fifo))), timeout=5)
+    with pytest.raises(ImageSourceRefused, match="not a regular file"):
+        await cache.ensure(ImageArtifact(IMAGE_SHA, str(local_image.parent)))
+
+
+async def test_a_file_url_naming_another_host_is_refused(cache, local_image):
+    with pytest.raises(ImageSourceRefused, match="local path"):
+        await cache.ensure(ImageArtifact(IMAGE_SHA, f"file://fileserver{local_image}"))
+
+
+async def test_by_default_the_image_root_is_the_cache_directory_itself(tmp_path):
+    """As on a node with the default settings: `<state>/images` is both the cache and the
+    one image root, where `nebula up` builds nebula-tiny."""
+    images = tmp_path / "state" / "images"
+    (images / "nebula-tiny").mkdir(parents=True)
+    (images / "nebula-tiny" / "vmlinuz").write_bytes(IMAGE)
+    (tmp_path / "vmlinuz").write_bytes(IMAGE)
+    cache = ImageCache(images)
+
+    assert (await cache.ensure(ImageArtifact(IMAGE_SHA, str(images / "nebula-tiny" / "vmlinuz")))).size == len(IMAGE)
+    await cache.remove(IMAGE_SHA)
+    with pytest.raises(ImageSourceRefused):
+        await cache.ensure(ImageArtifact(IMAGE_SHA, str(tmp_path / "vmlinuz")))
+
+
+async def test_an_image_already_cached_is_used_without_reading_its_source_again(cache, local_image, tmp_path):
+    """The policy guards reading; bytes already cached (and named by their sha256) are not
+    read from the source again, whatever the source says now."""
+    await cache.ensure(ImageArtifact(IMAGE_SHA, str(local_image)))
+
+    cached = await cache.ensure(ImageArtifact(IMAGE_SHA, str(tmp_path / "moved-away.img")))
+    assert cached.path.read_bytes() == IMAGE
 
 
 # --- listing and removal -----------------------------------------------------------------
