@@ -131,6 +131,11 @@ def unavailable(answer: Answer, what: str, bound: float = BOUND_S) -> bool:
     return True
 
 
+def said(health: Answer) -> dict[str, str]:
+    """What /healthz says of the process and its dependencies (whatever else it says)."""
+    return {key: health.body[key] for key in ("status", "nats", "postgres")}
+
+
 async def stream_head(js: JetStreamContext) -> int:
     return int((await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
 
@@ -157,7 +162,7 @@ async def test_postgres_away_is_a_503_and_the_api_comes_good_when_it_is_back(sta
         assert await stream_head(cloud.js) == head
         health = await ask(cloud, "GET", "/healthz")
         assert health.status == 503 and health.seconds < BOUND_S
-        assert health.body == {"status": "degraded", "nats": "ok", "postgres": "unreachable"}
+        assert said(health) == {"status": "degraded", "nats": "ok", "postgres": "unreachable"}
 
         stack.start_postgres()
 
@@ -220,7 +225,8 @@ async def test_nats_away_is_a_503_not_a_hang_and_the_api_comes_good_when_it_is_b
         listed = await ask(cloud, "GET", "/v1/projects", member.token)
         assert listed.status == 200 and [p["id"] for p in listed.body["items"]] == [project_id]
         health = await ask(cloud, "GET", "/healthz")
-        assert health.status == 503 and health.body == {"status": "degraded", "nats": "unreachable", "postgres": "ok"}
+        assert health.status == 503, health
+        assert said(health) == {"status": "degraded", "nats": "unreachable", "postgres": "ok"}
 
         stack.nats.start()
 
