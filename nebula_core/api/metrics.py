@@ -3,9 +3,29 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class StoredCounter(Collector):
+    """A counter another process keeps in Postgres (the projector parks events, and serves
+    no HTTP): the value read at the last scrape, left out until one was read."""
+
+    def __init__(self, name: str, documentation: str, registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self.value: int | None = None
+        registry.register(self)
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self.name, self.documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        if self.value is not None:
+            yield CounterMetricFamily(self.name, self.documentation, value=self.value)
 
 
 class Metrics:
@@ -28,6 +48,16 @@ class Metrics:
             "nebula_projection_lag_events", "Events in the stream not yet in the read models", registry=self.registry
         )
         self.stream_head = Gauge("nebula_events_last_seq", "Last sequence of NEBULA_EVENTS", registry=self.registry)
+        self.parked_now = Gauge(
+            "nebula_parked_events",
+            "Events the projector could not decode or apply, parked now (the read models lack them)",
+            registry=self.registry,
+        )
+        self.parked_total = StoredCounter(
+            "nebula_events_parked",
+            "Events parked by the projector, a replay's parkings included",
+            self.registry,
+        )
 
 
 def middleware(metrics: Metrics):

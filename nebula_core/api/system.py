@@ -11,6 +11,7 @@ from nebula_core.api import keys
 from nebula_core.api.routing import Operations, respond
 from nebula_core.contract import http as shapes
 from nebula_core.projections.checkpoint import checkpoint
+from nebula_core.projections.parked import parked
 
 ops = Operations()
 OPENAPI = web.AppKey("openapi", dict)
@@ -28,15 +29,24 @@ async def healthz(request: web.Request) -> web.Response:
         pg_ok = True
     except Exception:
         pg_ok = False
+    parked_now = await _parked_now(request) if pg_ok else 0
     healthy = nats_ok and pg_ok
     return respond(
         shapes.Health(
-            status="ok" if healthy else "degraded",
+            status="ok" if healthy and not parked_now else "degraded",
             nats="ok" if nats_ok else "unreachable",
             postgres="ok" if pg_ok else "unreachable",
+            parked_events=parked_now,
         ),
-        200 if healthy else 503,
+        200 if healthy else 503,  # parked events degrade the read models, not this process: still 200
     )
+
+
+async def _parked_now(request: web.Request) -> int:
+    try:
+        return (await asyncio.wait_for(parked(request.app[keys.POOL]), 2.0)).now
+    except Exception:  # a database without the table yet (before `nebula init`) has none parked
+        return 0
 
 
 @ops("GET", "/metrics", summary="Prometheus metrics", public=True, content_type="text/plain")
@@ -47,6 +57,12 @@ async def metrics(request: web.Request) -> web.Response:
         done = await checkpoint(request.app[keys.POOL])
         registry.stream_head.set(head)
         registry.projection_lag.set(max(0, head - done))
+    except Exception:
+        pass
+    try:
+        stats = await parked(request.app[keys.POOL])
+        registry.parked_now.set(stats.now)
+        registry.parked_total.value = stats.total
     except Exception:
         pass
     return web.Response(body=generate_latest(registry.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -231,7 +231,19 @@ class Error(msgspec.Struct, kw_only=True, omit_defaults=True):
     fields: list[str] = []
 
 
-class Health(msgspec.Struct, kw_only=True):
+class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Answered 200 while NATS and Postgres answer, 503 when one does not. `status` is
+    `degraded` for either trouble: a dependency unreachable (503), or events parked (200:
+    this process serves, but the read models lack the events `parked_events` counts)."""
+
     status: Literal["ok", "degraded"]
     nats: str
     postgres: str
+    parked_events: Annotated[
+        int,
+        msgspec.Meta(
+            ge=0,
+            description="Events the projector could not decode or apply, kept aside in the parked_events "
+            "table (`nebula replay` tries them again); absent when there are none, or Postgres did not answer",
+        ),
+    ] = 0

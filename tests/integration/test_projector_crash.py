@@ -80,6 +80,10 @@ class FusedMessage:
         return self._message.metadata
 
     @property
+    def subject(self) -> str:
+        return self._message.subject
+
+    @property
     def data(self) -> bytes:
         return self._message.data
 
