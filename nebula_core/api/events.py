@@ -80,7 +80,7 @@ def _resume_from(request: web.Request) -> int | None:
     raw = request.headers.get("Last-Event-ID") or request.query.get("since")
     if raw is None:
         return None
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # isdigit() alone takes '²', which int() refuses
         raise Invalid("since / Last-Event-ID is a stream sequence (a whole number)", ["query:since"])
     return int(raw)
 

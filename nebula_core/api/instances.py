@@ -314,7 +314,7 @@ async def console(request: web.Request) -> web.Response:
     if instance.node_id is None or instance.state in ("deleted", "pending"):
         raise Conflict(f"instance {instance_id} has no console while it is {instance.state}")
     raw = request.query.get("bytes", str(CONSOLE_DEFAULT_BYTES))
-    if not raw.isdigit() or not 1 <= int(raw) <= CONSOLE_MAX_BYTES:
+    if not queries.whole_number(raw) or not 1 <= int(raw) <= CONSOLE_MAX_BYTES:
         raise Invalid(f"bytes must be a whole number from 1 to {CONSOLE_MAX_BYTES}", ["query:bytes"])
     # The node's own error keeps its type: a domain the node does not have is a 404.
     nodes = NodeClient(request.app[keys.NATS_CLIENT], timeout=10)

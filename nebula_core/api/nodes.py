@@ -42,6 +42,6 @@ async def heartbeats(request: web.Request) -> dict[str, Heartbeat]:
 )
 async def list_nodes(request: web.Request) -> web.Response:
     require_admin(request)
-    rows = await queries.node_rows(request.app[keys.POOL], request.query.get("region"))
+    rows = await queries.node_rows(request.app[keys.POOL], queries.text_param(request.query, "region"))
     beats = await heartbeats(request)
     return respond(shapes.Page(items=[queries.node_shape(r, beats.get(r["id"])) for r in rows], next=None))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import typing
 import uuid
 from datetime import datetime
@@ -36,14 +37,36 @@ def encode_cursor(created_at: datetime, row_id: Any) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created_at, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created_at), str(row_id)
-    except (ValueError, TypeError) as err:
+        return datetime.fromisoformat(created_at), str(uuid.UUID(row_id))
+    except (ValueError, TypeError, AttributeError) as err:
         raise Invalid("not a cursor this API gave out", ["query:cursor"]) from err
+
+
+#: What no query parameter may hold: control characters (C0, DEL, C1) and noncharacters.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ufffe\uffff]")
+
+
+def text_param(query: Any, name: str) -> str | None:
+    """The query parameter `name` (None if absent), refused naming it if it holds a control character."""
+    value: str | None = query.get(name)
+    return None if value is None else plain_text(value, name)
+
+
+def plain_text(value: str, name: str) -> str:
+    """`value`, of the query parameter `name`, refused naming it if it holds a control character."""
+    if _CONTROL.search(value):
+        raise Invalid(f"{name} may not hold control characters", [f"query:{name}"])
+    return value
+
+
+def whole_number(raw: str) -> bool:
+    """`raw` is ASCII digits only (str.isdigit() also takes '²', which int() refuses)."""
+    return raw.isascii() and raw.isdigit()
 
 
 def limit_of(query: Any) -> int:
     raw = query.get("limit", str(DEFAULT_LIMIT))
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    if not whole_number(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise Invalid(f"limit must be a whole number from 1 to {MAX_LIMIT}", ["query:limit"])
     return int(raw)
 
@@ -93,7 +116,7 @@ async def page_of(pool: asyncpg.Pool, select: str, where: Where, query: Any, ali
 
 def tag_filters(where: Where, query: Any, alias: str) -> None:
     for tag in query.getall("tag", []):
-        key, sep, value = tag.partition("=")
+        key, sep, value = plain_text(tag, "tag").partition("=")
         if not key:
             raise Invalid("tag filters look like tag=key or tag=key=value", ["query:tag"])
         if sep:
@@ -222,15 +245,15 @@ def instance_filters(who: Principal, query: Any) -> Where:
         where.add("i.state = {}", query["state"])
     else:
         where.add("i.state <> 'deleted'")
-    if "region" in query:
-        where.add("i.region = {}", query["region"])
+    if (region := text_param(query, "region")) is not None:
+        where.add("i.region = {}", region)
     if "project_id" in query:
         try:
             where.add("i.project_id = {}", uuid.UUID(query["project_id"]))
         except ValueError as err:
             raise Invalid("project_id must be a UUID", ["query:project_id"]) from err
-    if "node_id" in query and who.is_admin:
-        where.add("i.node_id = {}", query["node_id"])
+    if (node_id := text_param(query, "node_id")) is not None and who.is_admin:
+        where.add("i.node_id = {}", node_id)
     tag_filters(where, query, "i")
     return where
 

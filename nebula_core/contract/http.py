@@ -12,8 +12,10 @@ import msgspec
 from nebula_core.contract.limits import USER_DATA_MAX_BYTES
 from nebula_core.contract.types import ImageFormat, InstanceState, Quotas, Role
 
-# No control characters but tab and newlines: they could not reach libvirt's XML.
-_PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ufffe\uffff]*$"
+# Text fields hold no control character (C0, DEL, C1; a NUL could not reach Postgres nor
+# libvirt's XML) and no noncharacter; multi-line text may hold tabs and line breaks.
+_ONE_LINE = r"^[^\x00-\x1f\x7f-\x9f\ufffe\uffff]*$"
+_PRINTABLE = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffe\uffff]*$"
 
 Name = Annotated[
     str,
@@ -24,12 +26,20 @@ Name = Annotated[
         description="Letters, digits, '.', '_' and '-'; starts with a letter or digit",
     ),
 ]
-Description = Annotated[str, msgspec.Meta(max_length=1024, pattern=_PRINTABLE)]
+Description = Annotated[
+    str,
+    msgspec.Meta(max_length=1024, pattern=_PRINTABLE, description="Text; no control characters but tab and newlines"),
+]
 TagKey = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$")]
-TagValue = Annotated[str, msgspec.Meta(max_length=255, pattern=_PRINTABLE)]
+TagValue = Annotated[
+    str, msgspec.Meta(max_length=255, pattern=_ONE_LINE, description="One line: no control characters")
+]
 Tags = Annotated[dict[TagKey, TagValue], msgspec.Meta(max_length=50)]
 Region = Annotated[str, msgspec.Meta(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
+ImageRef = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=63, pattern=_ONE_LINE, description="An image's name or id")
+]
 
 #: User-data is at most 64 KiB of UTF-8 (checked in bytes by the handler as well).
 
@@ -112,7 +122,7 @@ class ImageCreate(Body, kw_only=True):
         msgspec.Meta(
             min_length=1,
             max_length=2048,
-            pattern=r"^(/|file://|https?://)",
+            pattern=r"^(/|file://|https?://)[^\x00-\x1f\x7f-\x9f\ufffe\uffff]*$",
             description="An absolute path or file:// URL under one of the operator's image roots "
             "(NEBULA_IMAGE_ROOTS), or an http(s) URL; by default, no loopback, link-local, private-use or "
             "other non-global address (NEBULA_IMAGE_ALLOW_PRIVATE). Nodes check it again when they fetch",
@@ -152,8 +162,7 @@ class InstanceCreate(Body, kw_only=True):
     vcpus: Annotated[int, msgspec.Meta(ge=1, le=128)]
     ram_mb: Annotated[int, msgspec.Meta(ge=64, le=1 << 20)]
     disk_gb: Annotated[int, msgspec.Meta(ge=1, le=65536)]
-    #: An image's name or id.
-    image: Annotated[str, msgspec.Meta(min_length=1, max_length=63)]
+    image: ImageRef
     user_data: Annotated[str, msgspec.Meta(max_length=USER_DATA_MAX_BYTES)] = ""
 
 

@@ -213,7 +213,10 @@ def test_filters_and_a_page_together_number_every_parameter_once_in_order() -> N
 
 # --- whatever the caller sends ------------------------------------------------------------
 
-_TEXT = st.text(min_size=1, max_size=40)
+#: What a query parameter may say: any text but control characters (refused, see below).
+_TEXT = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs"), blacklist_characters="\ufffe\uffff"), min_size=1, max_size=40
+)
 _FILTERS = st.lists(
     st.one_of(
         st.tuples(st.just("region"), _TEXT),
@@ -250,3 +253,29 @@ def test_the_sql_depends_on_which_filters_are_given_never_on_what_they_say(
     neutral = queries.instance_filters(who, neutral_query)
     neutral_order, _ = neutral.page(neutral_query, "i")
     assert sql == f"{neutral.sql()} {neutral_order}"
+
+
+_CONTROL = st.sampled_from([chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]] + ["\ufffe", "\uffff"])
+
+
+@given(name=st.sampled_from(["region", "node_id", "tag"]), before=_TEXT, control=_CONTROL, after=_TEXT)
+def test_a_control_character_in_a_text_parameter_is_refused_naming_it(
+    name: str, before: str, control: str, after: str
+) -> None:
+    with pytest.raises(Invalid) as refused:
+        queries.instance_filters(ADMIN, q((name, before + control + after)))
+    assert refused.value.fields == [f"query:{name}"]
+
+
+@pytest.mark.parametrize("limit", ["²", "１０", "1\x00"])
+def test_a_limit_of_digits_other_than_ascii_is_refused(limit: str) -> None:
+    with pytest.raises(Invalid) as refused:
+        Where().page(q(("limit", limit)), "p")
+    assert refused.value.fields == ["query:limit"]
+
+
+def test_a_cursor_naming_a_row_that_is_no_uuid_is_refused() -> None:
+    cursor = queries.encode_cursor(datetime.now(UTC), "x\x00")
+    with pytest.raises(Invalid) as refused:
+        Where().page(q(("cursor", cursor)), "p")
+    assert refused.value.fields == ["query:cursor"]
