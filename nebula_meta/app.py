@@ -11,6 +11,7 @@ instance, refused ones per client address. Nothing else is served but `/healthz`
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -31,11 +32,12 @@ from nebula_core.contract.limits import META_BODY_MAX_BYTES
 from nebula_core.domain import AGGREGATES, Instance
 from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
-from nebula_meta.model import Instances, Record, follow_events, follow_seeds
+from nebula_meta.model import Follower, Instances, Record, follow_events, follow_seeds
 
 log = logging.getLogger("nebula.meta")
 
 MODEL = web.AppKey("model", Instances)
+FOLLOWERS = web.AppKey("followers", list[Follower])
 STORE = web.AppKey("store", EventStore)
 SETTINGS = web.AppKey("settings", Settings)
 
@@ -159,10 +161,19 @@ async def phone_home(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    ready = request.app[MODEL].ready
+    """200 once the instances and their seeds have been read and while both followers are
+    well; 503 before, and while one is down (it is being restarted), naming it."""
+    model = request.app[MODEL]
+    followers = request.app[FOLLOWERS]
+    status = "failing" if any(f.failure for f in followers) else "ok" if model.ready else "starting"
     return web.json_response(
-        {"status": "ok" if ready else "starting", "instances": len(request.app[MODEL].by_id)},
-        status=200 if ready else 503,
+        {
+            "status": status,
+            "instances": len(model.by_id),
+            "followers": {f.name: f.failure or "ok" for f in followers},
+            "skipped": {"events": model.skipped_events, "seeds": model.skipped_seeds},
+        },
+        status=200 if status == "ok" else 503,
     )
 
 
@@ -172,10 +183,11 @@ async def _follow(app: web.Application) -> AsyncIterator[None]:
     js = nc.jetstream()
     app[STORE] = EventStore(js, Codec(*AGGREGATES))
     stop = asyncio.Event()
-    tasks = [
-        asyncio.create_task(follow_events(js, app[MODEL], stop)),
-        asyncio.create_task(follow_seeds(js, app[MODEL], stop)),
-    ]
+    app[FOLLOWERS].extend(
+        Follower(name, functools.partial(follow, js, app[MODEL]))
+        for name, follow in (("events", follow_events), ("seeds", follow_seeds))
+    )
+    tasks = [asyncio.create_task(follower.run(stop)) for follower in app[FOLLOWERS]]
     try:
         await asyncio.wait_for(app[MODEL].wait_ready(), 60)
     except TimeoutError:
@@ -199,6 +211,7 @@ def make_app(settings: Settings, *, rate: float = 10.0, burst: float = 30.0) -> 
     app = web.Application(middlewares=[plain_errors], client_max_size=META_BODY_MAX_BYTES)
     app[SETTINGS] = settings
     app[MODEL] = Instances()
+    app[FOLLOWERS] = []
     app[LIMITER] = RateLimiter(rate, burst)
     app.add_routes(routes)
     app.cleanup_ctx.append(_follow)
