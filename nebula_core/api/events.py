@@ -22,10 +22,11 @@ from nebula_core.api import keys
 from nebula_core.api.auth import Principal, principal
 from nebula_core.api.event_records import record
 from nebula_core.api.ratelimit import LIMITS
-from nebula_core.api.routing import Operations
+from nebula_core.api.routing import Operations, Query
 from nebula_core.contract import subjects
 from nebula_core.contract.errors import Invalid
 from nebula_core.contract.events import Event, InstanceCreated, aggregate_of, decode_known, event_type
+from nebula_core.contract.http import STREAM_SEQUENCE_MAX, EventRecord, StreamSequence
 
 ops = Operations()
 
@@ -82,6 +83,8 @@ def _resume_from(request: web.Request) -> int | None:
         return None
     if not (raw.isascii() and raw.isdigit()):  # isdigit() alone takes '²', which int() refuses
         raise Invalid("since / Last-Event-ID is a stream sequence (a whole number)", ["query:since"])
+    if int(raw) > STREAM_SEQUENCE_MAX:
+        raise Invalid(f"since / Last-Event-ID is a stream sequence, at most {STREAM_SEQUENCE_MAX}", ["query:since"])
     return int(raw)
 
 
@@ -90,7 +93,8 @@ def _resume_from(request: web.Request) -> int | None:
     "/v1/events",
     summary="Live stream of events (Server-Sent Events), resumable",
     content_type="text/event-stream",
-    query={"since": "resume after this sequence (or send Last-Event-ID)"},
+    stream_of=EventRecord,
+    query={"since": Query("Resume after this stream sequence (or send Last-Event-ID)", StreamSequence)},
 )
 async def stream_events(request: web.Request) -> web.StreamResponse:
     who = principal(request)

@@ -73,6 +73,8 @@ async def _check_source(request: web.Request, source: str) -> None:
     body=shapes.ImageCreate,
     response=shapes.Image,
     status=201,
+    errors=(403,),
+    also_checked={"$.source": "a path under one of the image roots, or a URL of no address the image policy refuses"},
 )
 async def create_image(request: web.Request) -> web.Response:
     who = require_admin(request)
@@ -98,7 +100,7 @@ async def create_image(request: web.Request) -> web.Response:
     return respond(view, 201)
 
 
-@ops("GET", "/v1/images", summary="The images", list_of=shapes.Image, query={"limit": "1-500", "cursor": "from `next`"})
+@ops("GET", "/v1/images", summary="The images", list_of=shapes.Image, paged=True)
 async def list_images(request: web.Request) -> web.Response:
     who = principal(request)
     page = await queries.images(request.app[keys.POOL], request.query)
@@ -119,7 +121,7 @@ async def get_image(request: web.Request) -> web.Response:
     return respond(_seen_by(who, queries.image_shape(row)))
 
 
-@ops("DELETE", "/v1/images/{image_id}", summary="Remove an image (cloud admins)", status=204)
+@ops("DELETE", "/v1/images/{image_id}", summary="Remove an image (cloud admins)", status=204, errors=(403, 409))
 async def delete_image(request: web.Request) -> web.Response:
     who = require_admin(request)
     image_id = path_uuid(request, "image_id")

@@ -20,7 +20,7 @@ from nebula_core.api.event_records import record
 from nebula_core.api.idempotency import new_id
 from nebula_core.api.project_lock import project_lock
 from nebula_core.api.resources import etag, if_match, path_uuid, read_your_write
-from nebula_core.api.routing import Operations, body, respond
+from nebula_core.api.routing import Operations, Query, body, respond
 from nebula_core.contract import commands, subjects
 from nebula_core.contract import http as shapes
 from nebula_core.contract.errors import Conflict, Invalid, NodeUnavailable, NotFound, QuotaExceeded
@@ -123,6 +123,12 @@ async def _image_for(pool: asyncpg.Pool, spec: shapes.InstanceCreate) -> asyncpg
     body=shapes.InstanceCreate,
     response=shapes.Instance,
     status=202,
+    errors=(403, 404),
+    also_checked={
+        "$.image": "names an image that exists (by name or id)",
+        "$.disk_gb": "at least the image's `min_disk_gb`",
+        "$.user_data": f"at most {USER_DATA_MAX_BYTES} bytes of UTF-8",
+    },
 )
 async def create_instance(request: web.Request) -> web.Response:
     spec = await body(request, shapes.InstanceCreate)
@@ -193,13 +199,13 @@ def _command(cls: type[commands.Command], instance_id: uuid.UUID, actor: str, **
     summary="Instances the caller may see",
     list_of=shapes.Instance,
     query={
-        "state": "one state",
-        "tag": "key or key=value, repeatable",
-        "region": "a region",
-        "project_id": "a project",
-        "limit": "1-500",
-        "cursor": "from `next`",
+        "state": Query("Only those in this state (without it: all but the deleted)", shapes.InstanceState),
+        "tag": Query("Only those with this tag; repeated, with each", shapes.TagFilter, repeatable=True),
+        "region": Query("Only those in this region", shapes.QueryText),
+        "project_id": Query("Only those of this project", uuid.UUID),
+        "node_id": Query("Only those on this node (cloud admins; ignored for others)", shapes.QueryText),
     },
+    paged=True,
 )
 async def list_instances(request: web.Request) -> web.Response:
     return respond(await queries.instances(request.app[keys.POOL], principal(request), request.query))
@@ -210,7 +216,7 @@ async def list_instances(request: web.Request) -> web.Response:
     "/v1/instances/{instance_id}",
     summary="One instance; with ?at=<RFC 3339 time>, as it was then",
     response=shapes.Instance,
-    query={"at": "RFC 3339 time"},
+    query={"at": Query("As it was at this time (RFC 3339, with its offset)", shapes.PastTime)},
 )
 async def get_instance(request: web.Request) -> web.Response:
     instance_id = path_uuid(request, "instance_id")
@@ -256,6 +262,8 @@ _ACTIONS: dict[str, tuple[Callable[[Instance], None], type[commands.Command]]] =
     body=shapes.Action,
     response=shapes.Instance,
     status=202,
+    errors=(403,),
+    if_match=True,
 )
 async def act(request: web.Request) -> web.Response:
     instance_id = path_uuid(request, "instance_id")
@@ -276,6 +284,8 @@ async def act(request: web.Request) -> web.Response:
     summary="Delete an instance (its domain, disks and data)",
     response=shapes.Instance,
     status=202,
+    errors=(403,),
+    if_match=True,
 )
 async def delete_instance(request: web.Request) -> web.Response:
     instance_id = path_uuid(request, "instance_id")
@@ -306,7 +316,8 @@ async def instance_events(request: web.Request) -> web.Response:
     "/v1/instances/{instance_id}/console",
     summary="The tail of the instance's serial console",
     response=shapes.Console,
-    query={"bytes": f"how much of the tail (default {CONSOLE_DEFAULT_BYTES}, at most {CONSOLE_MAX_BYTES})"},
+    query={"bytes": Query(f"How much of the tail, in bytes (default {CONSOLE_DEFAULT_BYTES})", shapes.ConsoleBytes)},
+    errors=(409,),
 )
 async def console(request: web.Request) -> web.Response:
     instance_id = path_uuid(request, "instance_id")

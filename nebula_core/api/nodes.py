@@ -8,7 +8,7 @@ from aiohttp import web
 
 from nebula_core.api import keys, queries
 from nebula_core.api.auth import require_admin
-from nebula_core.api.routing import Operations, respond
+from nebula_core.api.routing import Operations, Query, respond
 from nebula_core.contract import http as shapes
 from nebula_core.contract import subjects
 from nebula_core.contract.kv import Heartbeat
@@ -38,7 +38,8 @@ async def heartbeats(request: web.Request) -> dict[str, Heartbeat]:
     "/v1/nodes",
     summary="Compute nodes with capacity, allocation and liveness (cloud admins)",
     list_of=shapes.Node,
-    query={"region": "a region"},
+    query={"region": Query("Only those of this region", shapes.QueryText)},
+    errors=(403,),
 )
 async def list_nodes(request: web.Request) -> web.Response:
     require_admin(request)

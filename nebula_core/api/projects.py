@@ -11,7 +11,7 @@ from nebula_core.api.auth import principal, require_admin, require_role
 from nebula_core.api.idempotency import new_id
 from nebula_core.api.project_lock import project_lock
 from nebula_core.api.resources import etag, if_match, path_uuid, read_your_write
-from nebula_core.api.routing import Operations, body, respond
+from nebula_core.api.routing import Operations, Query, body, respond
 from nebula_core.contract import http as shapes
 from nebula_core.contract.errors import Conflict, Forbidden, Invalid, NotFound
 from nebula_core.domain import Project, User, create_with_id
@@ -61,6 +61,7 @@ async def project_answer(request: web.Request, project_id: uuid.UUID, seq: int, 
     body=shapes.ProjectCreate,
     response=shapes.Project,
     status=201,
+    errors=(403,),
 )
 async def create_project(request: web.Request) -> web.Response:
     who = require_admin(request)
@@ -82,7 +83,8 @@ async def create_project(request: web.Request) -> web.Response:
     "/v1/projects",
     summary="The projects the caller is a member of (all, for admins)",
     list_of=shapes.Project,
-    query={"tag": "key or key=value, repeatable", "limit": "1-500", "cursor": "from `next`"},
+    query={"tag": Query("Only those with this tag; repeated, with each", shapes.TagFilter, repeatable=True)},
+    paged=True,
 )
 async def list_projects(request: web.Request) -> web.Response:
     return respond(await queries.projects(request.app[keys.POOL], principal(request), request.query))
@@ -115,6 +117,8 @@ async def get_project(request: web.Request) -> web.Response:
     summary="Change a project (If-Match: its ETag, optional)",
     body=shapes.ProjectPatch,
     response=shapes.Project,
+    errors=(403,),
+    if_match=True,
 )
 async def patch_project(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
@@ -133,7 +137,7 @@ async def patch_project(request: web.Request) -> web.Response:
     return await project_answer(request, project_id, seq, 200)
 
 
-@ops("DELETE", "/v1/projects/{project_id}", summary="Delete an empty project", status=204)
+@ops("DELETE", "/v1/projects/{project_id}", summary="Delete an empty project", status=204, errors=(403,), if_match=True)
 async def delete_project(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
     await require_role(request, project_id, "admin")
@@ -158,6 +162,8 @@ async def delete_project(request: web.Request) -> web.Response:
     body=shapes.MemberAdd,
     response=shapes.Member,
     status=201,
+    errors=(403,),
+    also_checked={"$.user_id": "names a user that exists"},
 )
 async def add_member(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
@@ -183,7 +189,13 @@ async def list_members(request: web.Request) -> web.Response:
     return respond(await queries.members(request.app[keys.POOL], project_id))
 
 
-@ops("DELETE", "/v1/projects/{project_id}/members/{user_id}", summary="Take a user out of the project", status=204)
+@ops(
+    "DELETE",
+    "/v1/projects/{project_id}/members/{user_id}",
+    summary="Take a user out of the project",
+    status=204,
+    errors=(403,),
+)
 async def remove_member(request: web.Request) -> web.Response:
     project_id = path_uuid(request, "project_id")
     await require_role(request, project_id, "admin")

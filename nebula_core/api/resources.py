@@ -3,6 +3,7 @@ ETag and back in `If-Match`, and read-your-writes after an append."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -13,6 +14,9 @@ from nebula_core.api import keys
 from nebula_core.contract.errors import Invalid, NotFound
 
 V = TypeVar("V")
+
+#: What `If-Match` holds: the ETag (`"<version>"`), or the bare version.
+IF_MATCH = re.compile(r'"?([0-9]+)"?')
 
 
 def path_uuid(request: web.Request, name: str) -> uuid.UUID:
@@ -28,10 +32,10 @@ def if_match(request: web.Request) -> int | None:
     raw = request.headers.get("If-Match")
     if raw is None:
         return None
-    value = raw.strip().strip('"')
-    if not value.isdigit():
+    version = IF_MATCH.fullmatch(raw.strip())
+    if version is None:
         raise Invalid("If-Match carries the version from the resource's ETag", ["header:If-Match"])
-    return int(value)
+    return int(version.group(1))
 
 
 def etag(version: int) -> dict[str, str]:

@@ -17,7 +17,14 @@ ops = Operations()
 OPENAPI = web.AppKey("openapi", dict)
 
 
-@ops("GET", "/healthz", summary="NATS and Postgres reachable", response=shapes.Health, public=True)
+@ops(
+    "GET",
+    "/healthz",
+    summary="NATS and Postgres reachable",
+    response=shapes.Health,
+    responses={503: ("NATS or Postgres did not answer", shapes.Health)},
+    public=True,
+)
 async def healthz(request: web.Request) -> web.Response:
     try:  # a round trip to the server, not the client's belief that it is connected
         await asyncio.wait_for(request.app[keys.NATS_CLIENT].flush(), 2.0)

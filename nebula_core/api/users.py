@@ -26,6 +26,7 @@ def _user_from_aggregate(user: User, token: str | None = None) -> shapes.User:
     body=shapes.UserCreate,
     response=shapes.User,
     status=201,
+    errors=(403,),
 )
 async def create_user(request: web.Request) -> web.Response:
     who = require_admin(request)
@@ -50,7 +51,8 @@ async def create_user(request: web.Request) -> web.Response:
     "/v1/users",
     summary="Every user (cloud admins)",
     list_of=shapes.User,
-    query={"limit": "1-500", "cursor": "from `next`"},
+    paged=True,
+    errors=(403,),
 )
 async def list_users(request: web.Request) -> web.Response:
     require_admin(request)

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from nebula_core.contract.limits import USER_DATA_MAX_BYTES
+from nebula_core.contract.limits import CONSOLE_MAX_BYTES, USER_DATA_MAX_BYTES
 from nebula_core.contract.types import ImageFormat, InstanceState, Quotas, Role
 
 # Text fields hold no control character (C0, DEL, C1; a NUL could not reach Postgres nor
@@ -256,3 +256,27 @@ class Health(msgspec.Struct, kw_only=True, omit_defaults=True):
             "table (`nebula replay` tries them again); absent when there are none, or Postgres did not answer",
         ),
     ] = 0
+
+
+# --- query parameters ----------------------------------------------------------------
+# Their values as the API reads them: a value of the type is never refused for its form.
+
+#: Free text in a query (`region`, `node_id`): one line, no control characters.
+QueryText = Annotated[str, msgspec.Meta(pattern=_ONE_LINE, description="One line: no control characters")]
+#: A tag filter: `key` (the tag is set) or `key=value` (it is set to that value).
+TagFilter = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[^=\x00-\x1f\x7f-\x9f\ufffe\uffff][^\x00-\x1f\x7f-\x9f\ufffe\uffff]*$",
+        description="`key` (the tag is set) or `key=value` (it is set to that value); one line",
+    ),
+]
+#: The greatest stream sequence to resume after: sequences are unsigned 64-bit numbers.
+STREAM_SEQUENCE_MAX = (1 << 64) - 2
+#: A stream sequence to resume after (`/v1/events`); msgspec checks no bound past 64-bit
+#: signed integers, so the handler checks the greatest.
+StreamSequence = Annotated[int, msgspec.Meta(ge=0, extra_json_schema={"maximum": STREAM_SEQUENCE_MAX})]
+#: A time to look back to (`?at=`).
+PastTime = Annotated[datetime, msgspec.Meta(tz=True, extra_json_schema={"minLength": 1})]
+#: How much of a console's tail to send, in bytes.
+ConsoleBytes = Annotated[int, msgspec.Meta(ge=1, le=CONSOLE_MAX_BYTES)]
