@@ -1,10 +1,10 @@
-"""Schemathesis against a live control plane (real NATS, Postgres, the API and a projector),
-as a cloud admin and as a member of a project: no answer is a 5xx, and every answer is one
+"""Schemathesis against a live control plane (real NATS, Postgres, the API, a projector and a
+node agent on libvirt's test driver), as a cloud admin and as a member of a project: no answer is a 5xx, and every answer is one
 the OpenAPI document gives for that operation (status, headers, body schema); valid input is
 accepted and invalid input refused, but for what the document lists as checked beyond its
 schemas (see hooks.py).
 
-The run is bounded and reproducible: a few examples per operation (schemathesis.toml),
+The run is bounded and reproducible: 20 examples per operation (schemathesis.toml),
 generated deterministically, with Hypothesis' deadline off (schemathesis sets none).
 """
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.fuzz
 
 HERE = Path(__file__).parent
 ROOT = HERE.parents[1]
-#: The whole run of one caller may take this long at most (it takes well under a minute).
+#: The whole run of one caller may take this long at most (it takes a minute or less).
 RUN_TIMEOUT_S = 300
 #: A user may make 50 requests a second (NEBULA_API_RATE): the fuzzer stays under that.
 MEMBER_RATE = "40/s"
