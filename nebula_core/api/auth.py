@@ -1,24 +1,31 @@
 """Bearer tokens and who may do what.
 
 Tokens are random (256 bits) and stored only as their sha256; the comparison with the
-stored hash is constant-time. A project the caller is not a member of does not exist as
-far as the caller can tell (404); a member whose role is too low for an action gets 403.
+stored hash is constant-time. A user's token is looked up in the users table, and the
+user's events the table does not include yet have the last word: a token rotated away, or
+whose user is disabled or deleted, is refused by every API process as soon as the event is
+appended, and a new user's or a new token works at once. A project the caller is not a
+member of does not exist as far as the caller can tell (404); a member whose role is too
+low for an action gets 403.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import uuid
 from dataclasses import dataclass
 from typing import Literal
 
 import asyncpg
+import nats.errors
 import nats.js.errors
 from aiohttp import web
 
 from nebula_core.api import keys
+from nebula_core.api.errors import unavailable
 from nebula_core.contract import subjects
 from nebula_core.contract.errors import Forbidden, NotFound, Unauthorized
 from nebula_core.contract.events import UserCreated, UserTokenRotated, decode_known
@@ -26,11 +33,14 @@ from nebula_core.contract.types import Role
 from nebula_core.domain import User
 from nebula_core.projections.checkpoint import checkpoint
 
+log = logging.getLogger("nebula.api.auth")
+
 ADMIN = "admin"
 #: A token the users table does not know is looked for among at most this many user
 #: events past the projection's checkpoint (users are few; a longer backlog gets a 401).
 UNPROJECTED_USER_EVENTS_MAX = 64
 _RANK = {"reader": 1, "member": 2, "admin": 3}
+DISABLED = "this token's user is disabled"
 PUBLIC_ROUTES = web.AppKey("public_routes", frozenset)
 
 
@@ -90,13 +100,52 @@ async def _identify(app: web.Application, token: str) -> Principal:
         row = await _user_row(pool, given)
         if row is None:
             return await _unprojected_user(app, given, projected)
+    if await _last_user_event(app, row["id"]) > row["last_seq"]:
+        # The user changed since the table was written (a rotation, disabling or deletion
+        # the projector has not reached): their events decide, so a revoked token is
+        # refused at once by every API process, whatever the projection lag.
+        return _admitted(await app[keys.WRITER].store.load(User, row["id"]), given)
     if not hmac.compare_digest(row["token_hash"], given):
         raise Unauthorized("invalid token")
+    if row["disabled"]:
+        raise Unauthorized(DISABLED)
     return Principal(user_id=row["id"], name=row["name"], is_admin=row["is_admin"])
 
 
 async def _user_row(pool: asyncpg.Pool, given: str) -> asyncpg.Record | None:
-    return await pool.fetchrow("SELECT id, name, is_admin, token_hash FROM users WHERE token_hash = $1", given)
+    return await pool.fetchrow(
+        "SELECT id, name, is_admin, disabled, token_hash, last_seq FROM users WHERE token_hash = $1", given
+    )
+
+
+async def _last_user_event(app: web.Application, user_id: uuid.UUID) -> int:
+    """The stream sequence of the user's last event: one direct get of the last message on
+    its subject (0 if it has none, which a projected user cannot be).
+
+    While NATS is away it says 0, and the read model's answer stands: what Postgres alone
+    answers is still answered. No event can be appended meanwhile (nor projected), so only
+    a change appended just before NATS went away and not projected yet goes unseen."""
+    try:
+        raw = await app[keys.WRITER].js.get_msg(
+            subjects.EVENTS_STREAM, subject=subjects.event_subject("user", user_id), direct=True
+        )
+    except nats.js.errors.NotFoundError:
+        return 0
+    except nats.errors.Error as err:
+        if unavailable(err) is None:
+            raise
+        log.debug("auth: NATS unavailable, user %s judged by the read model: %r", user_id, err)
+        return 0
+    return int(raw.seq or 0)
+
+
+def _admitted(user: User, given: str) -> Principal:
+    """The caller, if `given` is the hash of the user's current token and the user may use it."""
+    if user.deleted or not hmac.compare_digest(user.token_hash, given):
+        raise Unauthorized("invalid token")
+    if user.disabled:
+        raise Unauthorized(DISABLED)
+    return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin)
 
 
 async def _unprojected_user(app: web.Application, given: str, projected: int) -> Principal:
@@ -118,11 +167,9 @@ async def _unprojected_user(app: web.Application, given: str, projected: int) ->
         assert raw.seq is not None and raw.data is not None
         event = decode_known(raw.data)
         if isinstance(event, (UserCreated, UserTokenRotated)) and hmac.compare_digest(event.token_hash, given):
-            # The user's current token, as all its events tell (a later rotation revokes this one).
-            user = await writer.store.load(User, event.id)
-            if hmac.compare_digest(user.token_hash, given):
-                return Principal(user_id=user.id, name=user.name, is_admin=user.is_admin)
-            break
+            # The user's current state, as all its events tell: a later rotation revokes
+            # this token, a disabling suspends it, a deletion ends it.
+            return _admitted(await writer.store.load(User, event.id), given)
         seq = raw.seq + 1
     raise Unauthorized("invalid token")
 

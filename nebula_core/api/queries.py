@@ -310,12 +310,14 @@ async def image_by_ref(pool: asyncpg.Pool, ref: str) -> asyncpg.Record | None:
 # --- users -----------------------------------------------------------------------------
 
 #: Never the token's hash: that is for authentication only.
-_USERS = "SELECT u.id, u.name, u.is_admin, u.created_at FROM users u"
+_USERS = "SELECT u.id, u.name, u.is_admin, u.disabled, u.created_at FROM users u"
 
 
 def user_shape(row: asyncpg.Record) -> shapes.User:
-    """A row of `_USERS` as the API shows it (no token: it is shown once, at creation)."""
-    return shapes.User(id=row["id"], name=row["name"], is_admin=row["is_admin"], created_at=row["created_at"])
+    """A row of `_USERS` as the API shows it (no token: it is shown once, at creation or rotation)."""
+    return shapes.User(
+        id=row["id"], name=row["name"], is_admin=row["is_admin"], disabled=row["disabled"], created_at=row["created_at"]
+    )
 
 
 async def user(pool: asyncpg.Pool, user_id: uuid.UUID) -> shapes.User | None:

@@ -82,7 +82,21 @@ class UserCreated(Event, frozen=True, tag="user.created"):
 
 
 class UserTokenRotated(Event, frozen=True, tag="user.token_rotated"):
+    """The user's token is replaced; the one before it stops working."""
+
     token_hash: str
+
+
+class UserDisabled(Event, frozen=True, tag="user.disabled"):
+    """The user's token stops working until the user is enabled again."""
+
+
+class UserEnabled(Event, frozen=True, tag="user.enabled"):
+    pass
+
+
+class UserDeleted(Event, frozen=True, tag="user.deleted"):
+    """The user is gone, with their token and their memberships."""
 
 
 # --- image ---------------------------------------------------------------------------

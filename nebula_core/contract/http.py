@@ -92,13 +92,42 @@ class UserCreate(Body, kw_only=True):
     is_admin: bool = False
 
 
+class UserPatch(Body, kw_only=True):
+    """What may change of a user (cloud admins); only what is given changes."""
+
+    disabled: Annotated[
+        bool | None,
+        msgspec.Meta(
+            description="true: the user's token is refused from now on (their memberships stay); false: it works again"
+        ),
+    ] = None
+
+
 class User(msgspec.Struct, kw_only=True):
     id: uuid.UUID
     name: str
     is_admin: bool
+    disabled: bool
     created_at: datetime
-    #: Shown once, in the answer to the POST that created the user; never again.
-    token: str | None = None
+    token: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="The API token, shown once: in the answer to the POST that created the user or rotated "
+            "its token, null in every other answer. Only its sha256 is kept, so a lost token cannot be shown "
+            "again (a create repeated with its Idempotency-Key after a failed first answer gets the user "
+            "without it): rotate it"
+        ),
+    ] = None
+
+
+class Me(msgspec.Struct, kw_only=True):
+    """Who a token belongs to: a user, or the bootstrap admin (the operator's
+    `NEBULA_ADMIN_TOKEN`), who is not a user and so has no id and no creation time."""
+
+    id: Annotated[uuid.UUID | None, msgspec.Meta(description="The user's id; null for the bootstrap admin")]
+    name: str
+    is_admin: bool
+    created_at: Annotated[datetime | None, msgspec.Meta(description="null for the bootstrap admin")]
 
 
 class MemberAdd(Body, kw_only=True):

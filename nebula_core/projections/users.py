@@ -1,4 +1,4 @@
-"""users (the token is kept only as its sha256)."""
+"""users (the token is kept only as its sha256), and a deleted user's memberships."""
 
 from __future__ import annotations
 
@@ -31,4 +31,30 @@ async def token_rotated(conn: asyncpg.Connection, e: ev.UserTokenRotated, seq: i
     )
 
 
-HANDLERS = {ev.UserCreated: created, ev.UserTokenRotated: token_rotated}
+async def _set_disabled(conn: asyncpg.Connection, e: ev.Event, seq: int, disabled: bool) -> None:
+    await conn.execute(
+        "UPDATE users SET disabled = $2, version = $3, last_seq = $4 WHERE id = $1", e.id, disabled, e.version, seq
+    )
+
+
+async def disabled(conn: asyncpg.Connection, e: ev.UserDisabled, seq: int) -> None:
+    await _set_disabled(conn, e, seq, True)
+
+
+async def enabled(conn: asyncpg.Connection, e: ev.UserEnabled, seq: int) -> None:
+    await _set_disabled(conn, e, seq, False)
+
+
+async def deleted(conn: asyncpg.Connection, e: ev.UserDeleted, seq: int) -> None:
+    """The row goes (the events keep the user's history), and so do the user's memberships."""
+    await conn.execute("DELETE FROM memberships WHERE user_id = $1", e.id)
+    await conn.execute("DELETE FROM users WHERE id = $1", e.id)
+
+
+HANDLERS = {
+    ev.UserCreated: created,
+    ev.UserTokenRotated: token_rotated,
+    ev.UserDisabled: disabled,
+    ev.UserEnabled: enabled,
+    ev.UserDeleted: deleted,
+}
