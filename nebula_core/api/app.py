@@ -11,7 +11,7 @@ from aiohttp import web
 from nebula_core import nats_client
 from nebula_core.api import auth, events, images, instances, keys, nodes, projects, system, users
 from nebula_core.api.errors import errors
-from nebula_core.api.idempotency import idempotency
+from nebula_core.api.idempotency import idempotency, purging
 from nebula_core.api.metrics import Metrics
 from nebula_core.api.metrics import middleware as metrics_middleware
 from nebula_core.api.openapi import document
@@ -76,6 +76,7 @@ def make_app(settings: Settings) -> web.Application:
     app[auth.PUBLIC_ROUTES] = frozenset(route_name(op) for op in operations() if op.public)
     app[system.OPENAPI] = openapi_document()
     app.cleanup_ctx.append(_backends)
+    app.cleanup_ctx.append(purging)  # after the pool it uses, stopped before it
     return app
 
 
