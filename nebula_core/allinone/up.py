@@ -27,7 +27,12 @@ from nebula_core import config
 from nebula_core.allinone.embedded import NatsServer, Postgres, nats_server_binary, wait_for_port
 from nebula_core.allinone.init import initialize
 from nebula_core.config import Settings
+from nebula_core.contract.redaction import redacted_url
 from nebula_core.nats_client import redacted
+
+#: What no child inherits from `nebula up`'s own environment: each role is handed the ones
+#: it needs (`AllInOne._start_roles`), and no other.
+HANDED_ONLY = ("NEBULA_ADMIN_TOKEN", "NEBULA_PG_DSN")
 
 
 def log(message: str) -> None:
@@ -69,7 +74,7 @@ class Supervisor:
                 *child.argv,
                 stdout=out,
                 stderr=out,
-                env={**os.environ, **child.env},
+                env={**{k: v for k, v in os.environ.items() if k not in HANDED_ONLY}, **child.env},
                 start_new_session=True,  # Ctrl-C reaches us, and we stop the children in order
             )
         finally:
@@ -198,19 +203,18 @@ class AllInOne:
         return self.postgres.dsn
 
     async def _start_roles(self, nats_url: str, pg_dsn: str, token: str) -> None:
-        env = {
-            "NEBULA_NATS_URL": nats_url,
-            "NEBULA_PG_DSN": pg_dsn,
-            "NEBULA_ADMIN_TOKEN": token,
-            "NEBULA_STATE_DIR": str(self.state),
-        }
+        env = {"NEBULA_NATS_URL": nats_url, "NEBULA_STATE_DIR": str(self.state)}
+        # Postgres for the roles that keep or read the read models; the bootstrap admin
+        # token for the API alone (the metadata service and the node need neither).
+        pg_env = {**env, "NEBULA_PG_DSN": pg_dsn}
+        api_env = {**pg_env, "NEBULA_ADMIN_TOKEN": token}
         nebula = [sys.executable, "-m", "nebula_core"]
-        await self.supervisor.start(Child("projector", [*nebula, "projector"], env))
+        await self.supervisor.start(Child("projector", [*nebula, "projector"], pg_env))
         host, port = self.settings.meta_host_port
         await self.supervisor.start(Child("meta", [*nebula, "meta"], env), ready=(host, port))
         host, port = self.settings.api_host_port
-        await self.supervisor.start(Child("api", [*nebula, "api"], env), ready=(host, port))
-        await self.supervisor.start(Child("orchestrator", [*nebula, "orchestrator"], env))
+        await self.supervisor.start(Child("api", [*nebula, "api"], api_env), ready=(host, port))
+        await self.supervisor.start(Child("orchestrator", [*nebula, "orchestrator"], pg_env))
         node_env = {**env, "NEBULA_LIBVIRT_URI": self.libvirt_uri, "NEBULA_NODE_ID": self.settings.node_id}
         await self.supervisor.start(Child("node", [*nebula, "node"], node_env))
 
@@ -265,7 +269,7 @@ class AllInOne:
             waiting = asyncio.create_task(stop.wait())
             await asyncio.wait([provisioning, waiting], return_when=asyncio.FIRST_COMPLETED)
             if provisioning.done():
-                self._banner(nats_url, pg_dsn, token)
+                self._banner(nats_url, pg_dsn)
                 if self.demo and provisioning.result() != 0:
                     log("the demo did not complete; Nebula stays up (see the logs above and under logs/)")
             await stop.wait()
@@ -300,7 +304,14 @@ class AllInOne:
             except Exception as err:
                 log(f"postgres did not restart: {err}")
 
-    def _banner(self, nats_url: str, pg_dsn: str, token: str) -> None:
+    def admin_token_source(self) -> str:
+        """Where the bootstrap admin token is (never the token: no secret is printed or logged)."""
+        if self.settings.admin_token:
+            return "NEBULA_ADMIN_TOKEN, as configured"
+        return f"in {self.state / 'admin-token'} (mode 0600)"
+
+    def _banner(self, nats_url: str, pg_dsn: str) -> None:
+        """What is up and where; every credential is redacted or named, never shown."""
         cli = cli_command()
         print(
             "\n".join(
@@ -309,10 +320,10 @@ class AllInOne:
                     f"  API:         http://{self.settings.api_listen}/v1  (logs: {self.state / 'logs'})",
                     f"  metadata:    http://{self.settings.meta_listen}/nocloud/",
                     f"  NATS:        {redacted(nats_url)}",
-                    f"  Postgres:    {pg_dsn}",
+                    f"  Postgres:    {redacted_url(pg_dsn)}",
                     f"  state:       {self.state}",
                     f"  node:        {self.settings.node_id} on {self.libvirt_uri}",
-                    f"  admin token: {token}",
+                    f"  admin token: {self.admin_token_source()}",
                     "Try, in another shell (the CLI finds the API and this admin token by itself here):",
                     f"  export NEBULA_STATE_DIR={self.state}",
                     f"  {cli} project create first",

@@ -13,6 +13,8 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import nats
+import psutil
+from pgserver.utils import PostmasterInfo
 
 from nebula_core.allinone.embedded import NatsServer, free_port
 from nebula_core.contract.types import Quotas
@@ -76,9 +78,15 @@ async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: 
     proc = subprocess.Popen([*NEBULA, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         banner = _read_until(proc, "Ctrl-C stops everything.", timeout=90)
-        dsn = next(line.split(":", 1)[1].strip() for line in banner if line.strip().startswith("Postgres:"))
+        # Neither is printed: the token is in its file, the embedded Postgres is found by its data.
+        token = (tmp_path / "state" / "admin-token").read_text().strip()
+        info = PostmasterInfo.read_from_pgdata(tmp_path / "state" / "postgres")
+        assert info is not None
+        dsn = info.get_uri()
         token_line = next(line for line in banner if "admin token:" in line)
-        token = token_line.split(":", 1)[1].strip()
+        handed = {
+            role: _environment_of(proc.pid, role) for role in ("api", "meta", "node", "projector", "orchestrator")
+        }
         async with aiohttp.ClientSession() as http:
             async with http.get(f"http://127.0.0.1:{api_port}/healthz") as health:
                 assert health.status == 200
@@ -105,13 +113,30 @@ async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: 
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=60)
+    said = "\n".join(banner) + (proc.stdout.read() if proc.stdout else "") + (proc.stderr.read() if proc.stderr else "")
+    logs = "".join(path.read_text(errors="replace") for path in (tmp_path / "state" / "logs").glob("*.log"))
 
     assert {"NEBULA_EVENTS", "NEBULA_COMMANDS", "KV_nebula_nodes", "KV_nebula_userdata"} <= streams
     assert migrations >= 1
     assert names == ["first"]  # the API answered from the read models the projector keeps
-    assert len(token_line.split(":", 1)[1].strip()) >= 32
+    assert len(token) >= 32
+    assert str(tmp_path / "state" / "admin-token") in token_line
+    assert token not in said and token not in logs  # printed nowhere, logged nowhere
+    assert handed["api"]["NEBULA_ADMIN_TOKEN"] == token  # the API's alone
+    assert [role for role, env in handed.items() if "NEBULA_ADMIN_TOKEN" in env] == ["api"]
+    assert "NEBULA_PG_DSN" not in handed["meta"] and "NEBULA_PG_DSN" not in handed["node"]
     assert code == 0
     assert (tmp_path / "state" / "admin-token").stat().st_mode & 0o777 == 0o600
+
+
+def _environment_of(up_pid: int, role: str) -> dict[str, str]:
+    """The environment `nebula up` (process `up_pid`) handed its child running `role`."""
+    child = next(
+        p
+        for p in psutil.Process(up_pid).children(recursive=True)
+        if p.cmdline()[-1:] == [role] and "nebula_core" in p.cmdline()
+    )
+    return dict(child.environ())
 
 
 def _read_until(proc: subprocess.Popen[str], marker: str, timeout: float) -> list[str]:
