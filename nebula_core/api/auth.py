@@ -124,7 +124,10 @@ async def _last_user_event(app: web.Application, user_id: uuid.UUID) -> int:
 
     While NATS is away it says 0, and the read model's answer stands: what Postgres alone
     answers is still answered. No event can be appended meanwhile (nor projected), so only
-    a change appended just before NATS went away and not projected yet goes unseen."""
+    a change appended just before NATS went away and not projected yet goes unseen. A
+    client that is not connected is not asked (its request would wait out its timeout)."""
+    if not app[keys.NATS_CLIENT].is_connected:
+        return 0
     try:
         raw = await app[keys.WRITER].js.get_msg(
             subjects.EVENTS_STREAM, subject=subjects.event_subject("user", user_id), direct=True

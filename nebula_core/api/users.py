@@ -132,12 +132,16 @@ async def list_users(request: web.Request) -> web.Response:
 async def whoami(request: web.Request) -> web.Response:
     who = principal(request)
     if who.user_id is None:
-        return respond(shapes.Me(id=None, name=who.name, is_admin=who.is_admin, created_at=None))
+        return respond(shapes.Me(id=None, name=who.name, is_admin=who.is_admin, disabled=False, created_at=None))
     view = await queries.user(request.app[keys.POOL], who.user_id)
     if view is None:
         # Not projected yet (the projector is stopped or behind): the events are the truth.
         view = await _user_from_events(request, who.user_id)
-    return respond(shapes.Me(id=view.id, name=view.name, is_admin=view.is_admin, created_at=view.created_at))
+    return respond(
+        shapes.Me(
+            id=view.id, name=view.name, is_admin=view.is_admin, disabled=view.disabled, created_at=view.created_at
+        )
+    )
 
 
 @ops("GET", "/v1/users/{user_id}", summary="One user (cloud admins, or the user themself)", response=shapes.User)

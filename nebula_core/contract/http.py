@@ -127,6 +127,7 @@ class Me(msgspec.Struct, kw_only=True):
     id: Annotated[uuid.UUID | None, msgspec.Meta(description="The user's id; null for the bootstrap admin")]
     name: str
     is_admin: bool
+    disabled: bool
     created_at: Annotated[datetime | None, msgspec.Meta(description="null for the bootstrap admin")]
 
 
