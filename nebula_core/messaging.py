@@ -28,10 +28,10 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from nebula_core.contract import subjects
-from nebula_core.contract.commands import Command, command_verb
+from nebula_core.contract.commands import Command, ReportDomain, command_verb
 from nebula_core.contract.errors import ERRORS_BY_CODE, NebulaError, NodeUnavailable
 from nebula_core.contract.node import ErrorBody, NodeReply
-from nebula_core.nats_client import servers
+from nebula_core.nats_client import identity_options, servers
 
 log = logging.getLogger("nebula.messaging")
 
@@ -83,16 +83,21 @@ def make_broker(nats_url: str, *, name: str, middlewares: Sequence[Any] = (), **
         reconnect_time_wait=1,
         logger=logging.getLogger(f"nebula.{name}.broker"),
         log_level=logging.DEBUG,
-        **options,
+        **{**identity_options(nats_url), **options},
     )
 
 
 async def publish_command(js: JetStreamContext, command: Command) -> None:
     """Put a command on the `NEBULA_COMMANDS` work queue. Its `command_id` is the
     `Nats-Msg-Id`, so publishing one command twice (a retry, or several orchestrators
-    deriving the same id) stores it once."""
+    deriving the same id) stores it once. A node's report goes on that node's subject."""
+    subject = (
+        subjects.report_subject(command.node_id)
+        if isinstance(command, ReportDomain)
+        else subjects.command_subject(command_verb(command))
+    )
     await js.publish(
-        subjects.command_subject(command_verb(command)),
+        subject,
         msgspec.json.encode(command),
         stream=subjects.COMMANDS_STREAM,
         headers={"Nats-Msg-Id": str(command.command_id)},

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import urlparse
 
 import nats
 from nats.aio.client import Client as NATS
 
+from nebula_core.contract.permissions import inbox_prefix
 from nebula_core.contract.redaction import redacted_url
 
 log = logging.getLogger("nebula.nats")
@@ -32,6 +34,19 @@ async def _on_reconnect() -> None:
 def servers(url: str) -> list[str]:
     """`NEBULA_NATS_URL` may list a cluster's servers, comma-separated."""
     return [part.strip() for part in url.split(",") if part.strip()]
+
+
+def user_of(url: str) -> str | None:
+    """The NATS user a URL authenticates as (`nats://user:password@host`), if any."""
+    first = servers(url)
+    return (urlparse(first[0]).username or None) if first else None
+
+
+def identity_options(url: str) -> dict[str, Any]:
+    """What every connection of the user in `url` sets: its own inbox, the only one its
+    permissions let it subscribe to (see `nebula_core.contract.permissions`)."""
+    user = user_of(url)
+    return {"inbox_prefix": inbox_prefix(user)} if user else {}
 
 
 def redacted(url: str) -> str:
@@ -60,6 +75,6 @@ async def connect(url: str, *, name: str, once: bool = False, **options: Any) ->
     else:
         defaults.update(max_reconnect_attempts=-1, reconnect_time_wait=1)
     try:
-        return await nats.connect(servers(url), **{**defaults, **options})
+        return await nats.connect(servers(url), **{**defaults, **identity_options(url), **options})
     except (OSError, nats.errors.NoServersError, TimeoutError) as err:
         raise ConnectionError(f"cannot reach NATS at {redacted(url)}: {err or type(err).__name__}") from err

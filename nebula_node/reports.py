@@ -172,7 +172,7 @@ class Reporter:
         )
         try:
             await self._js.publish(
-                subjects.command_subject("report"),
+                subjects.report_subject(self.node_id),
                 msgspec.json.encode(command),
                 stream=subjects.COMMANDS_STREAM,
                 headers={"Nats-Msg-Id": str(command.command_id)},

@@ -39,8 +39,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Apply the JetStream topology and the Postgres migrations (idempotent)."""
         from nebula_core.allinone.init import initialize
+        from nebula_core.allinone.nats_auth import operator_settings
 
         settings = config.load(nats_url=nats_url, pg_dsn=pg_dsn)
+        if nats_url is None:
+            settings = operator_settings(settings)
         for line in run(lambda: initialize(settings)):
             typer.echo(line)
 

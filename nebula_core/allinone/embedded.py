@@ -11,8 +11,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from nebula_core.allinone.nats_auth import NatsCredentials
+from nebula_core.contract.permissions import ADMIN_USER
 
 
 def nats_server_binary() -> str:
@@ -46,23 +50,46 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.
 
 
 class NatsServer:
-    """One nats-server with JetStream, its store in `store_dir`; restartable on the same port."""
+    """One nats-server with JetStream, its store in `store_dir`; restartable on the same port.
 
-    def __init__(self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1") -> None:
+    Given `users`, it authenticates every client (`nats_auth`): each of those users with
+    its own permissions and a password kept under `store_dir`; `url` is then the
+    operator's (admin), `url_for(user)` any other's. Without, it takes anonymous clients."""
+
+    def __init__(
+        self, store_dir: Path, port: int | None = None, host: str = "127.0.0.1", users: Iterable[str] | None = None
+    ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.store_dir / "nats-server.log"
+        self.credentials = NatsCredentials(self.store_dir / "credentials")
+        self.users = list(users) if users is not None else None
+        self.config_path = self.store_dir / "auth.conf"
+
+    @property
+    def address(self) -> str:
+        """The server's URL without credentials."""
+        return f"nats://{self.host}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"nats://{self.host}:{self.port}"
+        return self.url_for(ADMIN_USER) if self.users is not None else self.address
 
-    def start(self) -> NatsServer:
-        self.store_dir.mkdir(parents=True, exist_ok=True)
-        args = [
+    def url_for(self, user: str) -> str:
+        if self.users is None:
+            raise RuntimeError("this server authenticates no one")
+        return self.credentials.url(self.address, user)
+
+    def argv(self) -> list[str]:
+        """The command line (with users, their authorization written first)."""
+        config: list[str] = []
+        if self.users is not None:
+            config = ["--config", str(self.credentials.write_server_config(self.config_path, self.users))]
+        return [
             nats_server_binary(),
+            *config,
             "--jetstream",
             "--store_dir",
             str(self.store_dir),
@@ -70,9 +97,11 @@ class NatsServer:
             self.host,
             "--port",
             str(self.port),
-            "--log",
-            str(self.log_path),
         ]
+
+    def start(self) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [*self.argv(), "--log", str(self.log_path)]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.host, self.port, proc=self.proc)
         return self

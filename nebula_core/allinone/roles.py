@@ -9,6 +9,7 @@ import typer
 
 from nebula_core import config
 from nebula_core.allinone.commands import run
+from nebula_core.allinone.nats_auth import operator_settings
 from nebula_core.allinone.runtime import connections, run_role
 
 
@@ -93,7 +94,7 @@ def register(app: typer.Typer) -> None:
         """Rebuild every read model from the first event of the stream."""
         from nebula_core.projections.projector import replay as rebuild
 
-        settings = config.load()
+        settings = operator_settings(config.load())
 
         async def main() -> int:
             async with connections(settings, "replay", once=True) as (nc, pool):

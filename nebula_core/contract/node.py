@@ -15,6 +15,15 @@ import msgspec
 from nebula_core.contract.limits import CONSOLE_DEFAULT_BYTES
 from nebula_core.contract.types import ImageFormat
 
+#: Node aggregates are keyed by a UUID derived from the operator-chosen node id.
+NODE_NAMESPACE = uuid.UUID("3c1f4d1e-9a7b-5c2d-8e6f-0a1b2c3d4e5f")
+
+
+def node_uuid(node_id: str) -> uuid.UUID:
+    """The id of node `node_id`'s aggregate (and so of its event subject)."""
+    return uuid.uuid5(NODE_NAMESPACE, node_id)
+
+
 DomainState = Literal["running", "paused", "shutoff", "crashed", "missing", "other"]
 
 

@@ -72,3 +72,9 @@ def node_subject(node_id: str, op: str) -> str:
     if op not in NODE_OPS:
         raise ValueError(f"unknown node operation {op!r}")
     return f"{NODE_PREFIX}.{_token(node_id, 'node id')}.{op}"
+
+
+def report_subject(node_id: str) -> str:
+    """`nebula.cmd.report.<node id>`: where node `node_id` publishes its reports (its NATS
+    identity may publish there only, so the subject tells the orchestrator who reported)."""
+    return f"{COMMANDS_PREFIX}.report.{_token(node_id, 'node id')}"

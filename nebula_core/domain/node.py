@@ -14,14 +14,8 @@ from typing import ClassVar
 from eventsourcing.domain import Aggregate, event
 
 from nebula_core.contract.errors import InsufficientCapacity
+from nebula_core.contract.node import node_uuid
 from nebula_core.contract.types import Overcommit, Resources
-
-#: Node aggregates are keyed by a UUID derived from the operator-chosen node id.
-NODE_NAMESPACE = uuid.UUID("3c1f4d1e-9a7b-5c2d-8e6f-0a1b2c3d4e5f")
-
-
-def node_uuid(node_id: str) -> uuid.UUID:
-    return uuid.uuid5(NODE_NAMESPACE, node_id)
 
 
 def usable(capacity: Resources, overcommit: Overcommit) -> Resources:

@@ -144,6 +144,19 @@ class Orchestrator:
     async def handle(self, command: commands.Command, msg: NatsMessage) -> None:
         assert self.lifecycle is not None
         handler = self._handlers()[type(command)]
+        if isinstance(command, commands.ReportDomain) and msg.raw_message.subject != subjects.report_subject(
+            command.node_id
+        ):
+            # Only node X may publish on X's report subject: a report naming another node
+            # is a node speaking for one it is not, and is not believed.
+            log.warning(
+                "command=%s instance=%s report naming node %s arrived on %s: dropped",
+                command.command_id,
+                command.instance_id,
+                command.node_id,
+                msg.raw_message.subject,
+            )
+            return
         deliveries = msg.raw_message.metadata.num_delivered
         keepalive = asyncio.create_task(_keep_alive(msg, self._keepalive_every))
         try:

@@ -92,7 +92,7 @@ async def reports(js: JetStreamContext, after: int = 0) -> list[tuple[dict[str, 
             msg = await js.get_msg(subjects.COMMANDS_STREAM, seq)
         except nats.js.errors.NotFoundError:
             continue
-        if msg.subject == subjects.command_subject("report"):
+        if msg.subject.startswith(f"{subjects.COMMANDS_PREFIX}.report."):
             found.append((msg.headers or {}, msgspec.json.decode(msg.data, type=ReportDomain)))
     return found
 
