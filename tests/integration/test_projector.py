@@ -58,10 +58,15 @@ class Seeded:
     rows: dict[str, dict[uuid.UUID, tuple[int, int]]] = field(default_factory=dict)
     first_seq: dict[uuid.UUID, int] = field(default_factory=dict)
     users: list[User] = field(default_factory=list)
+    gone: dict[str, set[uuid.UUID]] = field(default_factory=dict)
+    rowless_seqs: set[int] = field(default_factory=set)  # events that remove their row
 
     def merge(self, other: Seeded) -> Seeded:
         for table, rows in other.rows.items():
             self.rows.setdefault(table, {}).update(rows)
+        for table, ids in other.gone.items():
+            self.gone.setdefault(table, set()).update(ids)
+        self.rowless_seqs.update(other.rowless_seqs)
         self.first_seq.update(other.first_seq)
         self.users.extend(other.users)
         return self
@@ -77,18 +82,25 @@ class Recorder:
             seqs = await self.store.save(aggregate)
             assert seqs, f"nothing to save for {aggregate!r}"
             table, _ = ROW_OF[type(aggregate)]
-            self.seeded.rows.setdefault(table, {})[aggregate.id] = (aggregate.version, seqs[-1])
             self.seeded.first_seq.setdefault(aggregate.id, seqs[0])
+            if isinstance(aggregate, User) and aggregate.deleted:  # its row goes
+                self.seeded.rows.get(table, {}).pop(aggregate.id, None)
+                self.seeded.gone.setdefault(table, set()).add(aggregate.id)
+                self.seeded.rowless_seqs.add(seqs[-1])
+                if aggregate in self.seeded.users:
+                    self.seeded.users.remove(aggregate)
+                continue
+            self.seeded.rows.setdefault(table, {})[aggregate.id] = (aggregate.version, seqs[-1])
             if isinstance(aggregate, User) and aggregate not in self.seeded.users:
                 self.seeded.users.append(aggregate)
 
 
 async def seed_everything(store: EventStore, copies: int = 1, *, tag: str = "") -> Seeded:
     """Real aggregates through the real event store, touching every read-model table with
-    every event type: users (one token rotated), images (one deleted), projects with members
-    added, re-roled and removed (one project deleted), nodes re-registered, marked down and
+    every event type: users (one token rotated, one disabled and enabled again, one deleted),
+    images (one deleted), projects with members added, re-roled and removed (one project deleted), nodes re-registered, marked down and
     up, with claims made, resized and released, and instances through every transition of
-    their lifecycle. 65 events per copy."""
+    their lifecycle. 70 events per copy."""
     rec = Recorder(store)
     flavor = Resources(vcpus=1, ram_mb=512, disk_gb=2)
     big = Resources(vcpus=2, ram_mb=1024, disk_gb=4)
@@ -102,6 +114,14 @@ async def seed_everything(store: EventStore, copies: int = 1, *, tag: str = "") 
         await rec.save(admin, alice, bob, carol)
         alice.rotate_token(uuid.uuid4().hex)
         await rec.save(alice)
+        carol.disable()
+        await rec.save(carol)
+        carol.enable()
+        await rec.save(carol)
+        dave = User(name=f"dave-{s}", token_hash=uuid.uuid4().hex)
+        await rec.save(dave)
+        dave.delete()
+        await rec.save(dave)
 
         tiny = Image(
             name=f"tiny-{s}",
@@ -216,6 +236,7 @@ async def assert_rows_match(pool: asyncpg.Pool, seeded: Seeded, *, exact: bool =
         query = f"SELECT {key}, version, last_seq FROM {table}"
         rows = {r[key]: (r["version"], r["last_seq"]) for r in await pool.fetch(query)}
         assert {k: rows.get(k) for k in expected} == expected, table
+        assert not seeded.gone.get(table, set()) & rows.keys(), table
         if exact:
             assert rows.keys() == expected.keys(), table
 

@@ -123,8 +123,10 @@ async def test_a_user_rotates_their_own_token_and_an_admin_anyones(cloud: Cloud)
 async def test_the_bootstrap_admin_is_who_the_documented_schema_says(cloud: Cloud) -> None:
     status, me = await cloud.admin.get("/v1/users/me")
     assert status == 200
-    assert me == {"id": None, "name": "admin", "is_admin": True, "created_at": None}
-    assert msgspec.convert(me, shapes.Me) == shapes.Me(id=None, name="admin", is_admin=True, created_at=None)
+    assert me == {"id": None, "name": "admin", "is_admin": True, "disabled": False, "created_at": None}
+    assert msgspec.convert(me, shapes.Me) == shapes.Me(
+        id=None, name="admin", is_admin=True, disabled=False, created_at=None
+    )
 
     status, document = await cloud.admin.get("/v1/openapi.json")
     answer = document["paths"]["/v1/users/me"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
