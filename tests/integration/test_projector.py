@@ -98,9 +98,9 @@ class Recorder:
 async def seed_everything(store: EventStore, copies: int = 1, *, tag: str = "") -> Seeded:
     """Real aggregates through the real event store, touching every read-model table with
     every event type: users (one token rotated, one disabled and enabled again, one deleted),
-    images (one deleted), projects with members added, re-roled and removed (one project deleted), nodes re-registered, marked down and
-    up, with claims made, resized and released, and instances through every transition of
-    their lifecycle. 70 events per copy."""
+    images (one deleted), projects with members added, re-roled and removed (one project
+    deleted), nodes re-registered, marked down and up, with claims made, resized and
+    released, and instances through every transition of their lifecycle. 69 events per copy."""
     rec = Recorder(store)
     flavor = Resources(vcpus=1, ram_mb=512, disk_gb=2)
     big = Resources(vcpus=2, ram_mb=1024, disk_gb=4)
