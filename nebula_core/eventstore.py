@@ -237,6 +237,11 @@ class EventStore:
             raise NotFound(f"{kind} {aggregate_id} not found")
         return aggregate
 
+    async def version(self, cls: type[Aggregate], aggregate_id: uuid.UUID) -> int:
+        """The aggregate's version as stored (one direct get); 0 if it never existed."""
+        last = await self._last(self._codec.kind_of(cls), aggregate_id)
+        return 0 if last is None else last.event.version
+
     async def history(self, kind: str, aggregate_id: uuid.UUID | str) -> list[StoredEvent]:
         """Every event of one aggregate, in order, with its stream sequence."""
         last = await self._last(kind, aggregate_id)

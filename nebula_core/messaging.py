@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from nebula_core.contract import subjects
 from nebula_core.contract.commands import Command, ReportDomain, command_verb
 from nebula_core.contract.errors import ERRORS_BY_CODE, NebulaError, NodeUnavailable
-from nebula_core.contract.node import ErrorBody, NodeReply
+from nebula_core.contract.node import ClaimsRequest, ErrorBody, NodeClaims, NodeReply, Registration
 from nebula_core.nats_client import identity_options, servers
 
 log = logging.getLogger("nebula.messaging")
@@ -62,6 +62,15 @@ def _nebula(exc: NebulaError) -> NodeReply:
 def _unexpected(exc: Exception) -> NodeReply:
     log.exception("handler failed: %s", exc)
     return error_reply("internal", f"{type(exc).__name__}: {exc}")
+
+
+def reply_for(exc: Exception) -> NodeReply:
+    """The reply a request/reply handler's error becomes (as `reply_errors` answers)."""
+    if isinstance(exc, ValidationError):
+        return _invalid(exc)
+    if isinstance(exc, NebulaError):
+        return _nebula(exc)
+    return _unexpected(exc)
 
 
 #: Errors raised by a request/reply handler become the reply (`publish_handlers`); a
@@ -107,40 +116,70 @@ async def publish_command(js: JetStreamContext, command: Command) -> None:
 _node_reply = msgspec.json.Decoder(NodeReply)
 
 
-class NodeClient:
-    """Calling node agents: request/reply on `nebula.node.<id>.<op>`, with a timeout per try
-    and at most `tries` tries. Repeating a request is safe because every node operation is
-    idempotent (a repeated create of the same domain succeeds, a delete of a missing one
-    succeeds); only a request nobody answered is repeated.
-
-    An answer with an error raises that error's own class (`reply_error`); no answer at all
-    (timeouts, no responders) raises `NodeUnavailable`.
-    """
+class Requester:
+    """Request/reply with a timeout per try and at most `tries` tries; only a request nobody
+    answered is repeated (every operation asked this way is idempotent). An answer with an
+    error raises that error's own class (`reply_error`); no answer at all (timeouts, no
+    responders) raises `NodeUnavailable`, naming who did not answer."""
 
     def __init__(self, nc: NATS, *, timeout: float, tries: int = 1) -> None:
         self._nc = nc
         self._timeout = timeout
         self._tries = max(1, tries)
 
-    async def call(self, node_id: str, op: str, request: msgspec.Struct, *, timeout: float | None = None) -> NodeReply:
-        """The node's answer to `request`; its typed error, or `NodeUnavailable`."""
-        subject = subjects.node_subject(node_id, op)
+    async def request(
+        self, subject: str, request: msgspec.Struct, *, who: str, op: str, timeout: float | None = None
+    ) -> NodeReply:
         payload = msgspec.json.encode(request)
         per_try = timeout or self._timeout
         for attempt in range(1, self._tries + 1):
             try:
                 msg = await self._nc.request(subject, payload, timeout=per_try)
             except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as err:
-                log.warning("node=%s op=%s attempt=%d/%d no answer: %r", node_id, op, attempt, self._tries, err)
+                log.warning("%s op=%s attempt=%d/%d no answer: %r", who, op, attempt, self._tries, err)
                 if attempt < self._tries and isinstance(err, nats.errors.NoRespondersError):
-                    await asyncio.sleep(min(per_try, 1.0 * attempt))  # an agent restarting
+                    await asyncio.sleep(min(per_try, 1.0 * attempt))  # a responder restarting
                 continue
             try:
                 reply = _node_reply.decode(msg.data)
             except msgspec.DecodeError as err:
-                raise NebulaError(f"node {node_id} answered {op} with something that is not a reply: {err}") from err
+                raise NebulaError(f"{who} answered {op} with something that is not a reply: {err}") from err
             if reply.error is not None:
                 raise reply_error(reply.error)
             return reply
         tries = "1 try" if self._tries == 1 else f"{self._tries} tries"
-        raise NodeUnavailable(f"node {node_id} did not answer {op} after {tries} of {per_try:g} s")
+        raise NodeUnavailable(f"{who} did not answer {op} after {tries} of {per_try:g} s")
+
+
+class NodeClient(Requester):
+    """Calling node agents: request/reply on `nebula.node.<id>.<op>` (`Requester`). Repeating
+    a request is safe because every node operation is idempotent (a repeated create of the
+    same domain succeeds, a delete of a missing one succeeds)."""
+
+    async def call(self, node_id: str, op: str, request: msgspec.Struct, *, timeout: float | None = None) -> NodeReply:
+        """The node's answer to `request`; its typed error, or `NodeUnavailable`."""
+        return await self.request(
+            subjects.node_subject(node_id, op), request, who=f"node {node_id}", op=op, timeout=timeout
+        )
+
+
+class ControlClient(Requester):
+    """A node agent asking the orchestrators (`nebula.ctl.<its id>.<op>`): its registration
+    and its claims. Both are safe to repeat."""
+
+    def __init__(self, nc: NATS, node_id: str, *, timeout: float, tries: int = 1) -> None:
+        super().__init__(nc, timeout=timeout, tries=tries)
+        self.node_id = node_id
+
+    async def _ask(self, op: str, request: msgspec.Struct) -> NodeClaims:
+        subject = subjects.control_subject(self.node_id, op)
+        reply = await self.request(subject, request, who="the orchestrators", op=op)
+        if reply.node is None:
+            raise NebulaError(f"the orchestrators answered {op} without the node's claims")
+        return reply.node
+
+    async def register(self, registration: Registration) -> NodeClaims:
+        return await self._ask("register", registration)
+
+    async def claims(self) -> NodeClaims:
+        return await self._ask("claims", ClaimsRequest())

@@ -21,24 +21,27 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+import nats.errors
 import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from nats.js import JetStreamContext
 
 from nebula_core import nats_client
 from nebula_core.config import Settings
-from nebula_core.contract.errors import ConcurrencyConflict, IllegalTransition, NotFound
+from nebula_core.contract.commands import RecordBoot
 from nebula_core.contract.limits import META_BODY_MAX_BYTES
-from nebula_core.domain import AGGREGATES, Instance
-from nebula_core.domain.codec import Codec
-from nebula_core.eventstore import EventStore
+from nebula_core.messaging import publish_command
 from nebula_meta.model import Follower, Instances, Record, follow_events, follow_seeds
 
 log = logging.getLogger("nebula.meta")
 
+#: Who the recorded boot names: the service that relayed the guest's phone-home.
+ACTOR = "system:meta"
+
 MODEL = web.AppKey("model", Instances)
 FOLLOWERS = web.AppKey("followers", list[Follower])
-STORE = web.AppKey("store", EventStore)
+JS = web.AppKey("js", JetStreamContext)
 SETTINGS = web.AppKey("settings", Settings)
 
 _NOT_FOUND = "404: Not Found"
@@ -134,28 +137,24 @@ async def network_config(request: web.Request) -> web.Response:
 
 @routes.post(PREFIX + "phone-home")
 async def phone_home(request: web.Request) -> web.Response:
-    """Record `booted_at` once: the aggregate ignores every phone-home after the first, so a
-    guest may repeat it. One that could not be recorded because the instance kept changing
-    under it gets a 503, which the guest retries."""
+    """Relay the boot to the orchestrators (`RecordBoot`), who record it once: a guest may
+    repeat it, and one repeated within the command stream's duplicate window is stored
+    once. Answered 200 once the command is stored; 503 (retry) while NATS cannot take it."""
     record = _authorised(request)
     await request.read()  # whatever the guest says (cloud-init sends its keys) is not kept
-    now = datetime.now(UTC)
+    command = RecordBoot(
+        command_id=uuid.uuid5(record.instance_id, "booted"),
+        instance_id=record.instance_id,
+        requested_at=datetime.now(UTC),
+        actor=ACTOR,
+        booted_at=datetime.now(UTC),
+    )
     try:
-        changed = await request.app[STORE].change(
-            Instance, record.instance_id, lambda instance: instance.boot(now), actor="system:meta"
-        )
-    except IllegalTransition as err:  # deleting, stopped, failed: there is no boot to record
-        log.info("phone-home not recorded instance=%s reason=%s", record.instance_id, err)
-        return web.Response(text="ok\n")
-    except NotFound:
-        raise web.HTTPNotFound(text=_NOT_FOUND) from None
-    except ConcurrencyConflict as err:
-        log.warning("phone-home not recorded, retry asked instance=%s reason=%s", record.instance_id, err)
+        await publish_command(request.app[JS], command)
+    except (nats.errors.Error, TimeoutError) as err:
+        log.warning("phone-home not relayed, retry asked instance=%s reason=%r", record.instance_id, err)
         raise web.HTTPServiceUnavailable(text="busy; retry", headers={"Retry-After": "1"}) from None
-    if changed.last_seq is None:
-        log.info("phone-home instance=%s again: already recorded", record.instance_id)
-    else:
-        log.info("phone-home instance=%s recorded seq=%d", record.instance_id, changed.last_seq)
+    log.info("phone-home instance=%s relayed", record.instance_id)
     return web.Response(text="ok\n")
 
 
@@ -181,7 +180,7 @@ async def _follow(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     nc = await nats_client.connect(settings.nats_url, name="nebula-meta")
     js = nc.jetstream()
-    app[STORE] = EventStore(js, Codec(*AGGREGATES))
+    app[JS] = js
     stop = asyncio.Event()
     app[FOLLOWERS].extend(
         Follower(name, functools.partial(follow, js, app[MODEL]))

@@ -1,7 +1,8 @@
 """The compute-node agent (`nebula node`): one per host.
 
-On start it registers the node (its `Node` aggregate: created the first time, updated only
-when its region, capacity, overcommit or version changed), answers the orchestrators'
+On start it registers the node with the orchestrators (`nebula.ctl.<node id>.register`: they
+keep the node's aggregate, created the first time and changed only when its region,
+capacity, overcommit or version changed; a node appends no event and reads none), answers the orchestrators'
 request/reply operations on `nebula.node.<node id>.<op>`, heartbeats into the
 `nebula_nodes` bucket, and reconciles: it reports the state of every instance the control
 plane expects here (the node's claims) and of every Nebula domain libvirt holds, so that
@@ -13,8 +14,8 @@ different instances run concurrently. Every operation is idempotent (see `driver
 an orchestrator may repeat one after a timeout.
 
 The heartbeat's `allocated` is the node's claims - what placement has promised here, as
-recorded in its aggregate - refreshed when the aggregate changes, so it agrees with what
-placement sees; `running` counts the domains libvirt runs.
+the orchestrators tell it - asked again after an operation that follows a claim or a
+release (create, delete) and on every sweep; `running` counts the domains libvirt runs.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Literal
 
-import nats.js.errors
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from nebula_core.config import Settings
 from nebula_core.contract import subjects
-from nebula_core.contract.errors import ConcurrencyConflict, NotFound
+from nebula_core.contract.errors import ConcurrencyConflict, Unavailable
 from nebula_core.contract.kv import Heartbeat
 from nebula_core.contract.node import (
     ConsoleOutput,
@@ -45,23 +45,26 @@ from nebula_core.contract.node import (
     DomainState,
     DomainStatus,
     InstanceRequest,
+    NodeClaims,
     NodeReply,
+    Registration,
     StopRequest,
+    node_actor,
 )
 from nebula_core.contract.types import Overcommit, Resources
-from nebula_core.domain import AGGREGATES, Node, create_with_id
-from nebula_core.domain.codec import Codec
-from nebula_core.domain.node import node_uuid
-from nebula_core.eventstore import Changed, EventStore
-from nebula_core.messaging import make_broker, reply_errors
+from nebula_core.messaging import ControlClient, make_broker, reply_errors
 from nebula_node.heartbeat import Heartbeats
 from nebula_node.libvirt.driver import LibvirtDriver
 from nebula_node.reports import InstanceLocks, Reporter
 
 log = logging.getLogger("nebula.node.agent")
 
-#: Reload-and-retry rounds for registering against concurrent claims.
-REGISTER_TRIES = 20
+#: How long one request to the orchestrators waits, and the pause before asking again
+#: while no orchestrator answers a registration.
+CONTROL_TIMEOUT_S = 10.0
+REGISTER_RETRY_S = 1.0
+#: Heartbeats after a create or a delete on which the claims are asked for again.
+STALE_BEATS = 2
 #: Requests one operation's subscriber handles at once (different instances run in parallel).
 WORKERS_PER_OP = 16
 
@@ -91,11 +94,19 @@ class Operations:
     """The request/reply handlers, one per operation, typed by the contract's requests.
     Their errors become `NodeReply(error=...)` through `reply_errors`."""
 
-    def __init__(self, node_id: str, driver: LibvirtDriver, locks: InstanceLocks, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        driver: LibvirtDriver,
+        locks: InstanceLocks,
+        reporter: Reporter,
+        claims_changed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._node_id = node_id
         self._driver = driver
         self._locks = locks
         self._reporter = reporter
+        self._claims_changed = claims_changed
 
     def handlers(self) -> dict[str, Callable[..., Awaitable[NodeReply]]]:
         table: dict[str, Callable[..., Awaitable[NodeReply]]] = {
@@ -121,6 +132,7 @@ class Operations:
 
     async def create(self, req: CreateRequest) -> NodeReply:
         """Define the instance's domain (and start it); repeated, it changes nothing."""
+        self._claims_changed()
         return await self._operate("create", req.instance_id, lambda: self._driver.create(req))
 
     async def start(self, req: InstanceRequest) -> NodeReply:
@@ -139,6 +151,7 @@ class Operations:
 
     async def delete(self, req: InstanceRequest) -> NodeReply:
         """Destroy, undefine and remove the disks; a missing domain is success."""
+        self._claims_changed()
         return await self._operate("delete", req.instance_id, lambda: self._driver.delete(req.instance_id))
 
     async def status(self, req: InstanceRequest) -> NodeReply:
@@ -173,7 +186,7 @@ class NodeAgent:
     ) -> None:
         self.settings = settings
         self.node_id = settings.node_id
-        self.actor = f"system:node:{self.node_id}"
+        self.actor = node_actor(self.node_id)
         if driver is None:
             use_kvm = settings.node_kvm if kvm is None else kvm
             driver = LibvirtDriver.for_node(
@@ -194,15 +207,16 @@ class NodeAgent:
         self.overcommit = overcommit or node_overcommit(settings)
         self.version = agent_version()
         self._locks = InstanceLocks()
-        self._node: Node | None = None
-        self._node_seq = 0
+        self._claims: NodeClaims | None = None
+        #: Beats left on which to ask for the claims again (see `claims_changed`).
+        self._stale = 0
         self._running = 0
         self._subscribers: list = []
         self._tasks: list[asyncio.Task[None]] = []
         self._reporter: Reporter | None = None
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
-        self._store: EventStore | None = None
+        self._control: ControlClient | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -216,7 +230,7 @@ class NodeAgent:
             raise RuntimeError("the broker must be started before the agent")
         self._nc = nc
         self._js = nc.jetstream()
-        self._store = EventStore(self._js, Codec(*AGGREGATES))
+        self._control = ControlClient(nc, self.node_id, timeout=CONTROL_TIMEOUT_S)
         self._reporter = Reporter(self._js, self.node_id, self.driver, self._locks)
         try:
             await self.driver.open()
@@ -263,7 +277,7 @@ class NodeAgent:
 
     async def _subscribe(self, broker: NatsBroker) -> None:
         assert self._reporter is not None
-        operations = Operations(self.node_id, self.driver, self._locks, self._reporter)
+        operations = Operations(self.node_id, self.driver, self._locks, self._reporter, self.claims_changed)
         for op, handler in operations.handlers().items():
             subscriber = broker.subscriber(
                 subjects.node_subject(self.node_id, op),
@@ -275,71 +289,46 @@ class NodeAgent:
             await subscriber.start()
             self._subscribers.append(subscriber)
 
-    # --- registration and the node's aggregate -----------------------------------------
+    # --- registration and claims: asked of the orchestrators ---------------------------
 
     @property
-    def node(self) -> Node:
-        """The node's aggregate as last loaded (its claims are what it is expected to run)."""
-        if self._node is None:
+    def node(self) -> NodeClaims:
+        """The node's claims as last told by the orchestrators (what it is expected to run)."""
+        if self._claims is None:
             raise RuntimeError("the agent has not registered yet")
-        return self._node
+        return self._claims
 
     async def _register(self) -> None:
-        """Create the node's aggregate or bring it up to date. Safe to repeat: `reregister`
-        records nothing when nothing changed, and `EventStore.change` decides again on a
-        fresh copy after a concurrent append (an orchestrator claiming on this node)."""
-        assert self._store is not None
-        try:
-            changed = await self._store.change(
-                Node, node_uuid(self.node_id), self._reregister, actor=self.actor, tries=REGISTER_TRIES
-            )
-        except NotFound:
-            changed = await self._first_registration()
-        self._node = changed.aggregate
-        self._node_seq = changed.last_seq or await self._last_node_seq()
-        log.info("node=%s registered (version %d)", self.node_id, changed.aggregate.version)
-
-    def _reregister(self, node: Node) -> None:
-        node.reregister(
+        """Tell the orchestrators what this node offers, until one of them has recorded it.
+        Safe to repeat: the orchestrator records a change only when something differs."""
+        assert self._control is not None
+        registration = Registration(
             region=self.settings.region,
             capacity=self.capacity,
             overcommit=self.overcommit,
             agent_version=self.version,
         )
+        waited = 0
+        while True:
+            try:
+                self._claims = await self._control.register(registration)
+                break
+            except (Unavailable, ConcurrencyConflict) as err:  # no orchestrator yet, or busy: ask again
+                if waited % 10 == 0:
+                    log.warning("node=%s not registered yet: %s", self.node_id, err)
+                waited += 1
+                await asyncio.sleep(REGISTER_RETRY_S)
+        log.info("node=%s registered (version %d)", self.node_id, self._claims.version)
 
-    async def _first_registration(self) -> Changed[Node]:
-        assert self._store is not None
-        node = create_with_id(
-            Node,
-            node_uuid(self.node_id),
-            name=self.node_id,
-            region=self.settings.region,
-            capacity=self.capacity,
-            overcommit=self.overcommit,
-            agent_version=self.version,
-        )
-        try:
-            return Changed(node, await self._store.save(node, actor=self.actor))
-        except ConcurrencyConflict:  # registered meanwhile (say, by a try whose ack was lost)
-            return await self._store.change(
-                Node, node_uuid(self.node_id), self._reregister, actor=self.actor, tries=REGISTER_TRIES
-            )
+    def claims_changed(self) -> None:
+        """An operation here follows a claim (create) or comes before a release (delete):
+        ask for the claims on the next beats, by when the orchestrator has recorded it."""
+        self._stale = STALE_BEATS
 
-    async def _last_node_seq(self) -> int:
-        assert self._js is not None
-        subject = subjects.event_subject("node", node_uuid(self.node_id))
-        try:
-            return (await self._js.get_last_msg(subjects.EVENTS_STREAM, subject, direct=True)).seq or 0
-        except nats.js.errors.NotFoundError:
-            return 0
-
-    async def refresh_node(self) -> Node:
-        """Reload the aggregate if anything was appended to it since it was loaded."""
-        assert self._store is not None
-        seq = await self._last_node_seq()
-        if seq != self._node_seq:
-            self._node = await self._store.load(Node, node_uuid(self.node_id))
-            self._node_seq = seq
+    async def refresh_node(self) -> NodeClaims:
+        """Ask the orchestrators for the node's claims now."""
+        assert self._control is not None
+        self._claims = await self._control.claims()
         return self.node
 
     # --- heartbeats and sweeps ---------------------------------------------------------
@@ -353,10 +342,12 @@ class NodeAgent:
         except Exception as err:
             health = "degraded"
             log.warning("node=%s libvirt does not answer: %s", self.node_id, err)
-        try:
-            await self.refresh_node()
-        except Exception as err:  # the claims shown are the last ones known
-            log.warning("node=%s cannot refresh its aggregate: %s", self.node_id, err)
+        if self._stale:
+            try:
+                await self.refresh_node()
+                self._stale -= 1
+            except Exception as err:  # the claims shown are the last ones known
+                log.warning("node=%s cannot ask for its claims: %s", self.node_id, err)
         return Heartbeat(
             node_id=self.node_id,
             name=self.node_id,

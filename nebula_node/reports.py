@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 
 from nebula_core.contract import subjects
 from nebula_core.contract.commands import ReportDomain
-from nebula_core.contract.node import DomainState
+from nebula_core.contract.node import DomainState, node_actor
 from nebula_node.libvirt.driver import LibvirtDriver
 from nebula_node.libvirt.states import DomainEvent
 
@@ -83,7 +83,7 @@ class Reporter:
     ) -> None:
         self._js = js
         self.node_id = node_id
-        self.actor = f"system:node:{node_id}"
+        self.actor = node_actor(node_id)
         self._driver = driver
         self._locks = locks
         self._settle = settle

@@ -19,6 +19,13 @@ from nats.js import JetStreamContext
 from nebula_core.allinone import init
 from nebula_core.allinone.embedded import NatsServer, Postgres
 from nebula_core.contract import topology
+from nebula_core.domain import AGGREGATES
+from nebula_core.domain.codec import Codec
+from nebula_core.eventstore import EventStore
+from nebula_core.messaging import make_broker
+from nebula_core.orchestrator.fleet import Fleet
+from nebula_core.orchestrator.lifecycle import ACTOR
+from nebula_core.orchestrator.registrar import declare_node_answers
 from nebula_core.projections import database, migrate
 
 
@@ -34,6 +41,19 @@ async def nc(nats_server: NatsServer) -> AsyncIterator[NATS]:
     client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def registrar(nats_server: NatsServer, js: JetStreamContext) -> AsyncIterator[Fleet]:
+    """The orchestrators' answers to node agents (their registration, their claims) on a real
+    broker over the real event store, without the rest of an orchestrator: what a node
+    agent needs to start. Yields the fleet that records them."""
+    fleet = Fleet(EventStore(js, Codec(*AGGREGATES)), actor=ACTOR)
+    broker = make_broker(nats_server.url, name="registrar")
+    declare_node_answers(broker, lambda: fleet)
+    await broker.start()
+    yield fleet
+    await broker.stop()
 
 
 @pytest.fixture

@@ -58,6 +58,15 @@ class ReportDomain(Command, frozen=True, tag="report"):
     reason: str = ""
 
 
+class RecordBoot(Command, frozen=True, tag="booted"):
+    """The metadata service relays a guest's phone-home: the orchestrator records the boot
+    once (`instance.booted`), if the instance can boot now. The metadata service may send
+    this command and no other; its `command_id` is derived from the instance, so a guest
+    repeating its phone-home is stored once."""
+
+    booted_at: datetime
+
+
 COMMAND_TYPES: dict[str, type[Command]] = {str(t.__struct_config__.tag): t for t in Command.__subclasses__()}
 AnyCommand = Union[tuple(COMMAND_TYPES.values())]  # type: ignore[valid-type]  # noqa: UP007 — built at run time
 

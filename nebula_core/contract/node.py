@@ -1,4 +1,6 @@
-"""Request/reply between the orchestrator and a node agent: `nebula.node.<node id>.<op>`.
+"""Request/reply between the orchestrator and a node agent: the orchestrator asks a node on
+`nebula.node.<node id>.<op>`; a node asks the orchestrators on `nebula.ctl.<node id>.<op>`
+(its registration and its claims: a node keeps no aggregate and reads no event).
 
 Every reply is a `NodeReply`: either a result or a typed error, never both. Every
 operation is idempotent on the node (a repeated create of the same domain succeeds,
@@ -13,7 +15,7 @@ from typing import Literal
 import msgspec
 
 from nebula_core.contract.limits import CONSOLE_DEFAULT_BYTES
-from nebula_core.contract.types import ImageFormat
+from nebula_core.contract.types import ImageFormat, Overcommit, Resources, total
 
 #: Node aggregates are keyed by a UUID derived from the operator-chosen node id.
 NODE_NAMESPACE = uuid.UUID("3c1f4d1e-9a7b-5c2d-8e6f-0a1b2c3d4e5f")
@@ -22,6 +24,11 @@ NODE_NAMESPACE = uuid.UUID("3c1f4d1e-9a7b-5c2d-8e6f-0a1b2c3d4e5f")
 def node_uuid(node_id: str) -> uuid.UUID:
     """The id of node `node_id`'s aggregate (and so of its event subject)."""
     return uuid.uuid5(NODE_NAMESPACE, node_id)
+
+
+def node_actor(node_id: str) -> str:
+    """The actor of what node `node_id` said (its registration, its reports)."""
+    return f"system:node:{node_id}"
 
 
 DomainState = Literal["running", "paused", "shutoff", "crashed", "missing", "other"]
@@ -93,7 +100,37 @@ class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
+class Registration(msgspec.Struct, frozen=True, kw_only=True):
+    """`nebula.ctl.<node id>.register`: what a node agent offers placement. The orchestrator
+    creates the node's aggregate the first time and records a change only when one of these
+    differs from what it holds."""
+
+    region: str
+    capacity: Resources
+    overcommit: Overcommit
+    agent_version: str
+
+
+class ClaimsRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """`nebula.ctl.<node id>.claims`: what placement has promised on the asking node."""
+
+
+class NodeClaims(msgspec.Struct, frozen=True, kw_only=True):
+    """A node's aggregate as the orchestrator knows it: its version and its claims (the
+    instances placement expects it to run, each with what it was promised)."""
+
+    version: int
+    claims: dict[uuid.UUID, Resources] = {}
+
+    @property
+    def allocated(self) -> Resources:
+        return total(self.claims.values())
+
+
 class NodeReply(msgspec.Struct, frozen=True, kw_only=True):
+    """Every reply on request/reply, both ways: a result or a typed error, never both."""
+
     status: DomainStatus | None = None
     console: ConsoleOutput | None = None
+    node: NodeClaims | None = None
     error: ErrorBody | None = None

@@ -16,7 +16,6 @@ from __future__ import annotations
 import msgspec
 
 from nebula_core.contract import subjects
-from nebula_core.contract.node import node_uuid
 
 API = "$JS.API"
 ADMIN_USER = "admin"
@@ -26,6 +25,8 @@ NODE_USER_PREFIX = "node-"
 #: The fleet simulator: it answers for every simulated node (a developer tool, not a role
 #: any production host runs).
 SIM_USER = "sim"
+#: The user nats-servers of a cluster authenticate each other's routes with (no client).
+ROUTE_USER = "nebula-route"
 
 
 class Permissions(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,7 +121,9 @@ def role(user: str) -> Permissions:
                 *_reader(_SEEDS),  # the seed a node is given with its create request
                 f"{subjects.NODE_PREFIX}.*.*",
             ),
-            subscribe=inbox,
+            # The nodes' registrations and questions about their claims, answered.
+            subscribe=(*inbox, f"{subjects.CONTROL_PREFIX}.*.*"),
+            allow_responses=True,
         )
     if user == "projector":
         return Permissions(
@@ -129,27 +132,27 @@ def role(user: str) -> Permissions:
         )
     if user == "meta":
         return Permissions(
-            # Phone-home is an instance event; nothing else is written.
-            publish=(subjects.aggregate_events("instance"), *_reader(_EVENTS), *_reader(_SEEDS)),
+            # It relays a guest's phone-home to the orchestrators; it writes nothing else.
+            publish=(*_commands("booted"), *_reader(_EVENTS), *_reader(_SEEDS)),
             subscribe=inbox,
         )
     if user == SIM_USER:
-        return _node_permissions(user, "*", "*")
+        return _node_permissions(user, "*")
     if user.startswith(NODE_USER_PREFIX):
         node_id = user.removeprefix(NODE_USER_PREFIX)
-        return _node_permissions(user, node_id, str(node_uuid(node_id)))
+        return _node_permissions(user, node_id)
     raise ValueError(f"no NATS role {user!r}")
 
 
-def _node_permissions(user: str, node_id: str, aggregate_id: str) -> Permissions:
-    """A node answers its own requests, writes its own heartbeat key and reports, and keeps
-    its own aggregate (registration); it reads no seed and publishes no other command."""
+def _node_permissions(user: str, node_id: str) -> Permissions:
+    """A node answers its own requests, writes its own heartbeat key, publishes its own
+    reports and asks the orchestrators on its own control subjects (its registration, its
+    claims). It appends no event and reads none, reads no seed and sends no other command."""
     return Permissions(
         publish=(
-            f"{subjects.EVENTS_PREFIX}.node.{aggregate_id}",
             subjects.report_subject(node_id) if node_id != "*" else f"{subjects.COMMANDS_PREFIX}.report.*",
             _kv_write(subjects.NODES_BUCKET, node_id),
-            *_reader(_EVENTS),
+            f"{subjects.CONTROL_PREFIX}.{node_id}.*",
         ),
         subscribe=(f"{subjects.NODE_PREFIX}.{node_id}.>", f"{inbox_prefix(user)}.>"),
         allow_responses=True,

@@ -11,6 +11,7 @@ COMMANDS_STREAM = "NEBULA_COMMANDS"
 EVENTS_PREFIX = "nebula.evt"
 COMMANDS_PREFIX = "nebula.cmd"
 NODE_PREFIX = "nebula.node"
+CONTROL_PREFIX = "nebula.ctl"
 
 EVENTS_ALL = f"{EVENTS_PREFIX}.>"
 COMMANDS_ALL = f"{COMMANDS_PREFIX}.>"
@@ -27,10 +28,16 @@ USERDATA_BUCKET = "nebula_userdata"
 AGGREGATES = ("project", "instance", "node", "image", "user")
 
 #: Verbs on the command stream, consumed by the orchestrators.
-COMMAND_VERBS = ("place", "start", "stop", "reboot", "delete", "evacuate", "report")
+COMMAND_VERBS = ("place", "start", "stop", "reboot", "delete", "evacuate", "report", "booted")
 
 #: Operations a node agent answers on request/reply.
 NODE_OPS = ("create", "start", "stop", "reboot", "delete", "status", "console")
+
+#: What a node agent asks the orchestrators on request/reply (`nebula.ctl.<node id>.<op>`):
+#: a node keeps no aggregate of its own; the orchestrator records its registration.
+CONTROL_OPS = ("register", "claims")
+#: The queue group in which the orchestrator replicas answer nodes.
+CONTROL_QUEUE = "orchestrator"
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+$")
 
@@ -78,3 +85,27 @@ def report_subject(node_id: str) -> str:
     """`nebula.cmd.report.<node id>`: where node `node_id` publishes its reports (its NATS
     identity may publish there only, so the subject tells the orchestrator who reported)."""
     return f"{COMMANDS_PREFIX}.report.{_token(node_id, 'node id')}"
+
+
+def control_subject(node_id: str, op: str) -> str:
+    """`nebula.ctl.<node id>.<op>`: where node `node_id` asks the orchestrators (its NATS
+    identity may publish there only, so the subject tells the orchestrator who asks)."""
+    if op not in CONTROL_OPS:
+        raise ValueError(f"unknown control operation {op!r}")
+    return f"{CONTROL_PREFIX}.{_token(node_id, 'node id')}.{op}"
+
+
+def control_requests(op: str) -> str:
+    """Wildcard over every node's `op` requests to the orchestrators."""
+    if op not in CONTROL_OPS:
+        raise ValueError(f"unknown control operation {op!r}")
+    return f"{CONTROL_PREFIX}.*.{op}"
+
+
+def node_of(subject: str, prefix: str) -> str:
+    """The node id in `subject`, one of `<prefix>.<node id>.…`; ValueError otherwise."""
+    head, _, rest = subject.partition(f"{prefix}.")
+    node_id = rest.split(".", 1)[0]
+    if head or not node_id:
+        raise ValueError(f"{subject!r} names no node under {prefix}")
+    return _token(node_id, "node id")

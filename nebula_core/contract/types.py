@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 import msgspec
@@ -45,6 +46,16 @@ class Resources(msgspec.Struct, frozen=True, kw_only=True):
     vcpus: int = 0
     ram_mb: int = 0
     disk_gb: int = 0
+
+
+def total(amounts: Iterable[Resources]) -> Resources:
+    """The sum of some amounts of compute."""
+    amounts = list(amounts)
+    return Resources(
+        vcpus=sum(a.vcpus for a in amounts),
+        ram_mb=sum(a.ram_mb for a in amounts),
+        disk_gb=sum(a.disk_gb for a in amounts),
+    )
 
 
 class Overcommit(msgspec.Struct, frozen=True, kw_only=True):

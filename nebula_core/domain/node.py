@@ -15,7 +15,7 @@ from eventsourcing.domain import Aggregate, event
 
 from nebula_core.contract.errors import InsufficientCapacity
 from nebula_core.contract.node import node_uuid
-from nebula_core.contract.types import Overcommit, Resources
+from nebula_core.contract.types import Overcommit, Resources, total
 
 
 def usable(capacity: Resources, overcommit: Overcommit) -> Resources:
@@ -24,14 +24,6 @@ def usable(capacity: Resources, overcommit: Overcommit) -> Resources:
         vcpus=int(capacity.vcpus * overcommit.cpu),
         ram_mb=int(capacity.ram_mb * overcommit.ram),
         disk_gb=int(capacity.disk_gb * overcommit.disk),
-    )
-
-
-def total(amounts: list[Resources]) -> Resources:
-    return Resources(
-        vcpus=sum(a.vcpus for a in amounts),
-        ram_mb=sum(a.ram_mb for a in amounts),
-        disk_gb=sum(a.disk_gb for a in amounts),
     )
 
 

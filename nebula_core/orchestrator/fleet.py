@@ -16,9 +16,10 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 
-from nebula_core.contract.errors import NotFound
+from nebula_core.contract.errors import ConcurrencyConflict, NotFound
 from nebula_core.contract.kv import Heartbeat
-from nebula_core.domain import Node
+from nebula_core.contract.node import Registration, node_actor
+from nebula_core.domain import Node, create_with_id
 from nebula_core.domain.node import node_uuid, usable
 from nebula_core.eventstore import EventStore
 from nebula_core.orchestrator.placement import Candidate
@@ -61,17 +62,64 @@ class Fleet:
             cached = self._nodes[node_id] = await self._store.load(Node, node_uuid(node_id))
         return cached
 
+    async def current(self, node_id: str) -> Node:
+        """The node's aggregate as stored now: the cached copy while it is the latest
+        version (one direct get to know), reloaded when another replica changed it."""
+        cached = self._nodes.get(node_id)
+        if cached is not None and cached.version == await self._store.version(Node, node_uuid(node_id)):
+            return cached
+        self.forget(node_id)
+        return await self.node(node_id)
+
+    async def register(self, node_id: str, registration: Registration) -> Node:
+        """Node `node_id` says what it offers: its aggregate is created the first time and
+        changed only when something differs (`Node.reregister`); safe to repeat. The
+        events name the node as their actor: the orchestrator records what the node said."""
+        actor = node_actor(node_id)
+
+        def reregister(node: Node) -> None:
+            node.reregister(
+                region=registration.region,
+                capacity=registration.capacity,
+                overcommit=registration.overcommit,
+                agent_version=registration.agent_version,
+            )
+
+        try:
+            await self.current(node_id)  # the answer carries the claims: not a stale copy's
+            return await self.change(node_id, reregister, actor=actor)
+        except NotFound:
+            pass
+        async with self._locks[node_id]:
+            node = create_with_id(
+                Node,
+                node_uuid(node_id),
+                name=node_id,
+                region=registration.region,
+                capacity=registration.capacity,
+                overcommit=registration.overcommit,
+                agent_version=registration.agent_version,
+            )
+            try:
+                await self._store.save(node, actor=actor)
+            except ConcurrencyConflict:  # registered meanwhile (a try whose answer was lost)
+                pass
+            else:
+                self._nodes[node_id] = node
+                return node
+        return await self.change(node_id, reregister, actor=actor)
+
     def forget(self, node_id: str) -> None:
         self._nodes.pop(node_id, None)
 
-    async def change(self, node_id: str, change: Callable[[Node], None]) -> Node:
+    async def change(self, node_id: str, change: Callable[[Node], None], *, actor: str | None = None) -> Node:
         """Apply `change` to the node and append its events (`EventStore.change`, starting
         from the cached copy). Exceptions from `change` (such as `InsufficientCapacity`)
         propagate and leave the cache clean."""
         async with self._locks[node_id]:
             cached = self._nodes.pop(node_id, None)  # no reader sees a half-changed copy
             changed = await self._store.change(
-                Node, node_uuid(node_id), change, actor=self._actor, tries=CHANGE_TRIES, loaded=cached
+                Node, node_uuid(node_id), change, actor=actor or self._actor, tries=CHANGE_TRIES, loaded=cached
             )
             self._nodes[node_id] = changed.aggregate
             return changed.aggregate

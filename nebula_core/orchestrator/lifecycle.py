@@ -312,6 +312,17 @@ class Lifecycle:
             return
         await self.place(instance.id)
 
+    async def booted(self, command: commands.RecordBoot) -> None:
+        """A guest phoned home (relayed by the metadata service): its boot is recorded once,
+        under the relaying service's name; an instance that cannot boot now (deleting,
+        stopped, failed) has no boot to record."""
+        try:
+            await self._store.change(
+                Instance, command.instance_id, lambda i: i.boot(command.booted_at), actor=command.actor or ACTOR
+            )
+        except IllegalTransition as err:
+            log.info("instance=%s phone-home not recorded: %s", command.instance_id, err)
+
     async def report(self, command: commands.ReportDomain) -> None:
         """A node says what libvirt shows; record what differs from what we believe."""
         try:

@@ -7,6 +7,7 @@
   command runs, its ack deadline is extended, so a slow node does not cause a second
   delivery; a killed orchestrator's unacked commands go to another replica after it.
 - A watch on the `nebula_nodes` heartbeat bucket keeps the set of live nodes.
+- Node agents' registrations and questions about their claims (`registrar`).
 - A reconciler (Postgres read models) re-drives what a crash or an outage left behind.
 """
 
@@ -38,6 +39,7 @@ from nebula_core.orchestrator.fleet import Fleet
 from nebula_core.orchestrator.lifecycle import ACTOR, Lifecycle
 from nebula_core.orchestrator.liveness import Liveness
 from nebula_core.orchestrator.reconciler import Reconciler
+from nebula_core.orchestrator.registrar import declare_node_answers
 from nebula_core.projections import database
 
 log = logging.getLogger("nebula.orchestrator")
@@ -77,6 +79,8 @@ class Orchestrator:
         )
         async def on_command(command: commands.AnyCommand, msg: NatsMessage) -> None:  # type: ignore[valid-type]
             await self.handle(command, msg)
+
+        declare_node_answers(broker, lambda: self.fleet)
 
         @broker.subscriber(
             "*",
@@ -202,6 +206,7 @@ class Orchestrator:
             commands.DeleteInstance: lambda c: lc.delete(c.instance_id),
             commands.EvacuateInstance: lc.evacuate,  # type: ignore[dict-item]
             commands.ReportDomain: lc.report,  # type: ignore[dict-item]
+            commands.RecordBoot: lc.booted,  # type: ignore[dict-item]
         }
 
     async def heartbeat(self, node_id: str, operation: str | None, body: bytes) -> None:
@@ -214,6 +219,9 @@ class Orchestrator:
             beat = _heartbeat.decode(body)
         except msgspec.ValidationError as err:
             log.warning("node=%s unreadable heartbeat: %s", node_id, err)
+            return
+        if beat.node_id != node_id:  # a node writes only its own key: it speaks for itself
+            log.warning("node=%s heartbeat naming node %s: ignored", node_id, beat.node_id)
             return
         if self.fleet.beat(beat):
             try:

@@ -30,8 +30,8 @@ async def running(cloud: Cloud, tmp_path: Path) -> AsyncIterator[Fleet]:
     await cloud.image("nebula-tiny")
     await cloud.project("alpha")
     try:
-        fleet = await stack.fleet(2, region="eu", capacity=SMALL)
         await stack.orchestrator()
+        fleet = await stack.fleet(2, region="eu", capacity=SMALL)
         yield fleet
     finally:
         await stack.close()

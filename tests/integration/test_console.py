@@ -19,6 +19,7 @@ from nebula_core.domain import AGGREGATES, Instance
 from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
 from nebula_core.messaging import NodeClient, make_broker, reply_errors
+from nebula_core.orchestrator.fleet import Fleet
 from nebula_node.agent import NodeAgent
 from nebula_node.sim import simulated_driver, simulated_host_uri
 from tests.integration.conftest import Cloud
@@ -27,7 +28,7 @@ NODE = "node-a"
 
 
 @pytest.fixture
-async def node(cloud: Cloud, nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[NodeAgent]:
+async def node(cloud: Cloud, nats_server: NatsServer, registrar: Fleet, tmp_path: Path) -> AsyncIterator[NodeAgent]:
     """A node agent on a private test-driver host, on the cloud's NATS."""
     broker = make_broker(nats_server.url, name="node", middlewares=[reply_errors])
     await broker.start()

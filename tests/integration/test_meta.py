@@ -7,7 +7,7 @@ import json
 import os
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -16,7 +16,9 @@ import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
+from nebula_core.contract import subjects
 from nebula_core.contract.kv import InstanceSeed
+from nebula_core.orchestrator.service import Orchestrator
 from nebula_meta.app import make_app
 from tests.integration.conftest import Cloud
 from tests.integration.test_api import drive, instance_body
@@ -93,9 +95,52 @@ async def _not_served(session: aiohttp.ClientSession, url: str) -> bool:
     return (await fetch(session, url))[0] == 404
 
 
-async def test_phone_home_records_booted_at_once(cloud: Cloud, meta: str) -> None:
+@pytest.fixture
+async def orchestrator(cloud: Cloud) -> AsyncIterator[Callable[[], Awaitable[Orchestrator]]]:
+    """Starts an orchestrator, which records what the metadata service relays (started
+    once the test has put its instance where it wants: it would place a pending one)."""
+    started: list[Orchestrator] = []
+
+    async def start() -> Orchestrator:
+        orchestrator = Orchestrator(cloud.settings, pool=cloud.pool)
+        await orchestrator.start()
+        started.append(orchestrator)
+        return orchestrator
+
+    yield start
+    for orchestrator in started:
+        await orchestrator.stop()
+
+
+async def boot_commands(cloud: Cloud) -> int:
+    info = await cloud.js.stream_info(subjects.COMMANDS_STREAM, subjects_filter=subjects.command_subject("booted"))
+    return sum((info.state.subjects or {}).values())
+
+
+async def all_boots_handled(cloud: Cloud) -> bool:
+    return await boot_commands(cloud) == 0
+
+
+async def test_a_phone_home_is_relayed_once_however_often_the_guest_repeats_it(cloud: Cloud, meta: str) -> None:
+    instance_id, token = await new_instance(cloud)
+    seed = f"{meta}/nocloud/{instance_id}/{token}/"
+    await eventually(lambda: served(cloud.session, seed + "meta-data"))
+
+    answers = [await fetch(cloud.session, seed + "phone-home", "POST", b"hostname=web-1") for _ in range(3)]
+
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert await boot_commands(cloud) == 1  # no orchestrator here: it waits on the work queue
+    # The metadata service records nothing itself.
+    history = (await cloud.admin.get(f"/v1/instances/{instance_id}/events"))[1]["items"]
+    assert [e["type"] for e in history] == ["instance.created"]
+
+
+async def test_phone_home_records_booted_at_once(
+    cloud: Cloud, meta: str, orchestrator: Callable[[], Awaitable[Orchestrator]]
+) -> None:
     instance_id, token = await new_instance(cloud)
     await drive(cloud, instance_id, "schedule", "launch")
+    await orchestrator()
     seed = f"{meta}/nocloud/{instance_id}/{token}/"
     await eventually(lambda: served(cloud.session, seed + "meta-data"))
 
@@ -107,6 +152,24 @@ async def test_phone_home_records_booted_at_once(cloud: Cloud, meta: str) -> Non
     history = (await cloud.admin.get(f"/v1/instances/{instance_id}/events"))[1]["items"]
     assert [e["type"] for e in history].count("instance.booted") == 1
     assert history[-1]["actor"] == "system:meta" and booted
+    await eventually(lambda: all_boots_handled(cloud))  # acked
+
+
+async def test_a_phone_home_of_an_instance_that_cannot_boot_now_is_answered_and_not_recorded(
+    cloud: Cloud, meta: str, orchestrator: Callable[[], Awaitable[Orchestrator]]
+) -> None:
+    instance_id, token = await new_instance(cloud)
+    await drive(cloud, instance_id, "schedule", "launch", "request_stop", "mark_stopped")
+    await orchestrator()
+    seed = f"{meta}/nocloud/{instance_id}/{token}/"
+    await eventually(lambda: served(cloud.session, seed + "meta-data"))
+
+    assert (await fetch(cloud.session, seed + "phone-home", "POST", b""))[0] == 200
+
+    await eventually(lambda: all_boots_handled(cloud))  # handled and acked
+    history = (await cloud.admin.get(f"/v1/instances/{instance_id}/events"))[1]["items"]
+    assert "instance.booted" not in [e["type"] for e in history]
+    assert (await cloud.admin.get(f"/v1/instances/{instance_id}"))[1]["booted_at"] is None
 
 
 async def _booted_at(cloud: Cloud, instance_id: str):  # type: ignore[no-untyped-def]

@@ -109,14 +109,22 @@ async def test_a_node_does_its_own_work(nats_server: NatsServer, js: JetStreamCo
         node_js = nc.jetstream()
         await node_js.publish(f"$KV.{subjects.NODES_BUCKET}.{NODE}", b"{}", timeout=5)
         await node_js.publish(subjects.report_subject(NODE), b"{}", timeout=5)
-        await node_js.publish(subjects.event_subject("node", node_uuid(NODE)), b"{}", timeout=5)
         requests = await nc.subscribe(subjects.node_subject(NODE, "status"))
         await nc.flush()
-        async with connected(nats_server, "orchestrator") as (orch, _):
+        async with connected(nats_server, "orchestrator") as (orch, orch_refusals):
             pending = asyncio.create_task(orch.request(subjects.node_subject(NODE, "status"), b"?", timeout=5))
             request = await requests.next_msg(timeout=5)
             await request.respond(b"fine")
             assert (await pending).data == b"fine"
+            # ... and asks the orchestrators about itself, who answer it.
+            asked = await orch.subscribe(subjects.control_requests("claims"), queue=subjects.CONTROL_QUEUE)
+            await orch.flush()
+            pending = asyncio.create_task(nc.request(subjects.control_subject(NODE, "claims"), b"{}", timeout=5))
+            question = await asked.next_msg(timeout=5)
+            assert question.subject == subjects.control_subject(NODE, "claims")
+            await question.respond(b"yours")
+            assert (await pending).data == b"yours"
+        assert orch_refusals.said == []
     assert refusals.said == []
 
 
@@ -127,6 +135,7 @@ async def test_a_node_cannot_append_other_events_or_publish_commands(
     for subject in (
         subjects.event_subject("user", uuid.uuid4()),
         subjects.event_subject("instance", uuid.uuid4()),
+        subjects.event_subject("node", node_uuid(NODE)),  # not even its own: it asks the orchestrators
         subjects.event_subject("node", node_uuid(OTHER)),
     ):
         await refused_publish(nats_server, js, user, subject, subjects.EVENTS_STREAM)
@@ -137,6 +146,23 @@ async def test_a_node_cannot_append_other_events_or_publish_commands(
     ):
         await refused_publish(nats_server, js, user, subject, subjects.COMMANDS_STREAM)
     await refused_publish(nats_server, js, user, f"$KV.{subjects.NODES_BUCKET}.{OTHER}", f"KV_{subjects.NODES_BUCKET}")
+    async with connected(nats_server, user) as (nc, refusals):  # nor speak for another node
+        other = subjects.control_subject(OTHER, "register")
+        with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+            await nc.request(other, b"{}", timeout=1.0)
+        await eventually(lambda: refusals.refused("publish", other), timeout=5)
+
+
+async def test_a_node_cannot_read_the_event_stream(nats_server: NatsServer, js: JetStreamContext) -> None:
+    async with connected(nats_server, node_user(NODE)) as (nc, refusals):
+        for subject in (
+            f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}",
+            f"$JS.API.DIRECT.GET.{subjects.EVENTS_STREAM}",
+            f"$JS.API.CONSUMER.CREATE.{subjects.EVENTS_STREAM}",
+        ):
+            with pytest.raises((nats.errors.TimeoutError, nats.errors.NoRespondersError)):
+                await nc.request(subject, b"{}", timeout=1.0)
+            await eventually(lambda s=subject: refusals.refused("publish", s), timeout=5)
 
 
 async def test_a_node_cannot_read_the_seeds_or_another_nodes_requests_or_replies(
@@ -164,6 +190,16 @@ async def test_readers_cannot_publish_commands_or_reach_nodes(
             await nc.request(subjects.node_subject(NODE, "delete"), b"{}", timeout=1.0)
         await eventually(lambda: refusals.refused("publish", subjects.node_subject(NODE, "delete")), timeout=5)
         assert nc_js is not None
+
+
+async def test_meta_relays_a_boot_and_records_nothing_itself(nats_server: NatsServer, js: JetStreamContext) -> None:
+    async with connected(nats_server, "meta") as (nc, refusals):
+        await nc.jetstream().publish(subjects.command_subject("booted"), b"{}", timeout=5)
+    assert refusals.said == []
+    for subject in (subjects.event_subject("instance", uuid.uuid4()), subjects.event_subject("node", uuid.uuid4())):
+        await refused_publish(nats_server, js, "meta", subject, subjects.EVENTS_STREAM)
+    for verb in ("start", "delete", "report"):
+        await refused_publish(nats_server, js, "meta", subjects.command_subject(verb), subjects.COMMANDS_STREAM)
 
 
 async def test_the_projector_cannot_read_the_seeds(nats_server: NatsServer, js: JetStreamContext) -> None:

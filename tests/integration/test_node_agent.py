@@ -39,6 +39,7 @@ from nebula_core.domain.codec import Codec
 from nebula_core.domain.node import node_uuid
 from nebula_core.eventstore import EventStore
 from nebula_core.messaging import make_broker, reply_errors
+from nebula_core.orchestrator.fleet import Fleet
 from nebula_node.agent import NodeAgent
 from nebula_node.libvirt.domain_xml import GuestSpec, KernelBoot, build_domain
 from nebula_node.sim import simulated_driver, simulated_host_uri
@@ -144,7 +145,8 @@ async def stop(agent: NodeAgent) -> None:
 
 
 @pytest.fixture
-async def broker(nats_server: NatsServer, js: JetStreamContext) -> AsyncIterator[NatsBroker]:
+async def broker(nats_server: NatsServer, js: JetStreamContext, registrar: Fleet) -> AsyncIterator[NatsBroker]:
+    """The node's broker, with the orchestrators' answers to nodes running (`registrar`)."""
     broker = make_broker(nats_server.url, name="node", middlewares=[reply_errors])
     await broker.start()
     yield broker

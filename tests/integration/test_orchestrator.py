@@ -164,8 +164,8 @@ async def stack(cloud: Cloud, tmp_path: Path) -> AsyncIterator[Stack]:
 
 
 async def test_instance_lifecycle_create_stop_start_reboot_delete(stack: Stack) -> None:
-    fleet = await stack.fleet(2)
     await stack.orchestrator()
+    fleet = await stack.fleet(2)
     project = await stack.project()
     instance_id = await stack.create(project, "web-1")
     running = await stack.reaches(instance_id, "running", "error")
@@ -201,9 +201,9 @@ async def test_instance_lifecycle_create_stop_start_reboot_delete(stack: Stack) 
 
 
 async def test_placement_respects_region_and_capacity(stack: Stack) -> None:
+    await stack.orchestrator()
     await stack.fleet(2, region="r1", prefix="west")
     east = await stack.fleet(1, region="r2", prefix="east")
-    await stack.orchestrator()
     project = await stack.project()
 
     in_east = await stack.reaches(await stack.create(project, "e1", region="r2"), "running", "error")
@@ -219,9 +219,9 @@ async def test_placement_respects_region_and_capacity(stack: Stack) -> None:
 
 async def test_fifty_creates_for_forty_slots_with_two_orchestrators(stack: Stack) -> None:
     # 4 nodes x 10 vCPUs, no overcommit: room for exactly 40 one-vCPU instances.
+    await stack.orchestrator()
+    await stack.orchestrator()
     fleet = await stack.fleet(4, capacity=Resources(vcpus=10, ram_mb=10 * 256, disk_gb=10))
-    await stack.orchestrator()
-    await stack.orchestrator()
     project = await stack.project(instances=60)
     ids = await asyncio.gather(*(stack.create(project, f"vm-{i}") for i in range(50)))
     final = [await stack.reaches(i, "running", "error", timeout=90) for i in ids]
@@ -241,9 +241,9 @@ async def test_fifty_creates_for_forty_slots_with_two_orchestrators(stack: Stack
 
 @pytest.mark.parametrize("orchestrators", [1, 2])
 async def test_a_dead_node_is_detected_and_its_instances_evacuated_once(stack: Stack, orchestrators: int) -> None:
-    fleet = await stack.fleet(2)
     for _ in range(orchestrators):  # each sees the node die and starts its own grace timer
         await stack.orchestrator(placement_strategy="pack")
+    fleet = await stack.fleet(2)
     project = await stack.project()
     ids = [await stack.create(project, f"vm-{i}") for i in range(3)]
     placed = [await stack.reaches(i, "running") for i in ids]
@@ -269,8 +269,8 @@ async def test_a_dead_node_is_detected_and_its_instances_evacuated_once(stack: S
 
 
 async def test_an_instance_stopped_on_a_dead_node_is_rebuilt_stopped(stack: Stack) -> None:
-    fleet = await stack.fleet(2)
     await stack.orchestrator(placement_strategy="pack")
+    fleet = await stack.fleet(2)
     project = await stack.project()
     instance_id = await stack.create(project, "parked")
     victim = (await stack.reaches(instance_id, "running"))["node_id"]
@@ -290,8 +290,8 @@ async def test_an_instance_stopped_on_a_dead_node_is_rebuilt_stopped(stack: Stac
 
 
 async def test_an_instance_left_unknown_on_a_live_node_is_found_again(stack: Stack) -> None:
-    await stack.fleet(1)
     await stack.orchestrator()
+    await stack.fleet(1)
     project = await stack.project()
     instance_id = await stack.create(project, "lost-call")
     node_id = (await stack.reaches(instance_id, "running"))["node_id"]
@@ -309,8 +309,8 @@ async def test_an_instance_left_unknown_on_a_live_node_is_found_again(stack: Sta
 
 
 async def test_a_create_the_node_did_not_finish_in_time_leaves_nothing_behind(stack: Stack) -> None:
-    fleet = await stack.fleet(1, create_delay=3.0)
     await stack.orchestrator(node_timeout=0.5, node_retries=1)
+    fleet = await stack.fleet(1, create_delay=3.0)
     project = await stack.project()
     instance_id = await stack.create(project, "too-slow")
 
@@ -341,8 +341,8 @@ async def _moved(stack: Stack, instance_id: str, victim: str, state: str = "runn
 
 
 async def test_a_killed_orchestrator_loses_no_command(stack: Stack) -> None:
-    await stack.fleet(1, create_delay=4.0)
     first = await stack.orchestrator_process(node_timeout=10.0)
+    await stack.fleet(1, create_delay=4.0)
     project = await stack.project()
     instance_id = await stack.create(project, "slow")
     await stack.reaches(instance_id, "scheduled")
@@ -361,8 +361,8 @@ async def test_a_killed_orchestrator_loses_no_command(stack: Stack) -> None:
 
 
 async def test_a_domain_destroyed_behind_nebulas_back_is_recorded(stack: Stack) -> None:
-    fleet = await stack.fleet(1)
     await stack.orchestrator()
+    fleet = await stack.fleet(1)
     project = await stack.project()
     instance_id = await stack.create(project, "victim")
     running = await stack.reaches(instance_id, "running")
@@ -383,8 +383,8 @@ async def test_a_domain_destroyed_behind_nebulas_back_is_recorded(stack: Stack) 
 
 
 async def test_a_node_back_before_the_grace_period_reconciles_its_instances(stack: Stack) -> None:
-    fleet = await stack.fleet(1)
     await stack.orchestrator(evacuation_grace=60.0)
+    fleet = await stack.fleet(1)
     project = await stack.project()
     instance_id = await stack.create(project, "patient")
     node_id = (await stack.reaches(instance_id, "running"))["node_id"]

@@ -27,8 +27,8 @@ async def test_two_hundred_nodes_take_a_thousand_instances_to_running(cloud: Clo
     stack = Stack(cloud, tmp_path)
     await cloud.image("tiny")
     try:
-        fleet = await stack.fleet(NODES, capacity=Resources(vcpus=8, ram_mb=8 * 256, disk_gb=8), heartbeat_interval=2.0)
         await stack.orchestrator(heartbeat_interval=2.0, node_timeout=10.0)
+        fleet = await stack.fleet(NODES, capacity=Resources(vcpus=8, ram_mb=8 * 256, disk_gb=8), heartbeat_interval=2.0)
         projects = [await stack.project(instances=INSTANCES) for _ in range(PROJECTS)]
         sem = asyncio.Semaphore(32)
 
