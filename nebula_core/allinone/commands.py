@@ -1,9 +1,11 @@
-"""Operators' subcommands: `init` and `up`; `fail` and `run`, how every operator's command ends."""
+"""Operators' subcommands: `init`, `up` and `nats-auth`; `fail` and `run`, how every operator's
+command ends."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -67,3 +69,81 @@ def register(app: typer.Typer) -> None:
             pass
         except (NebulaError, OSError, TimeoutError, RuntimeError) as err:
             fail(getattr(err, "message", str(err)))
+
+    register_nats_auth(app)
+
+
+def register_nats_auth(app: typer.Typer) -> None:
+    auth = typer.Typer(
+        help="NATS identities for a Nebula on several hosts: one user per role and per node.",
+        no_args_is_help=True,
+    )
+    app.add_typer(auth, name="nats-auth")
+
+    def credentials_dir(given: Path | None) -> Path:
+        return given or Path(config.load().state_dir) / "nats" / "credentials"
+
+    credentials_help = (
+        "Where the passwords are kept, one file each, 0600 (default: <NEBULA_STATE_DIR>/nats/credentials)"
+    )
+
+    @auth.command("config")
+    def auth_config(
+        out: Path = typer.Option(..., "--out", help="The file nats.conf includes, e.g. /etc/nebula/nebula-users.conf"),
+        nodes: list[str] = typer.Option([], "--node", help="A compute node's id (NEBULA_NODE_ID); repeat for each"),
+        with_sim: bool = typer.Option(False, "--with-sim", help="Also the fleet simulator's user (`nebula sim`)"),
+        credentials: Path = typer.Option(None, help=credentials_help),
+    ) -> None:
+        """Write nats-server's users and their permissions, generating missing passwords.
+        Run it again (and reload nats-server) when a node joins."""
+        from nebula_core.allinone.nats_auth import NatsCredentials
+        from nebula_core.contract import permissions
+
+        try:
+            users = [
+                permissions.ADMIN_USER,
+                *permissions.CONTROL_ROLES,
+                *([permissions.SIM_USER] if with_sim else []),
+                *(permissions.node_user(n) for n in nodes),
+            ]
+            written = NatsCredentials(credentials_dir(credentials)).write_include(out, users)
+        except (ValueError, OSError) as err:
+            fail(str(err))
+        typer.echo(f"wrote {written} ({len(users)} users); nats.conf includes it: include {written.name}")
+
+    @auth.command("routes")
+    def auth_routes(
+        routes: list[str] = typer.Argument(..., help="Every server's route address, host:port (e.g. nats-1:6222)"),
+        out: Path = typer.Option(
+            ..., "--out", help="The file the cluster block includes: /etc/nebula/nebula-routes.conf"
+        ),
+        credentials: Path = typer.Option(None, help=credentials_help),
+    ) -> None:
+        """Write a cluster's routes with their password (the same file on every server)."""
+        from nebula_core.allinone.nats_auth import NatsCredentials
+
+        try:
+            written = NatsCredentials(credentials_dir(credentials)).write_routes(out, routes)
+        except (ValueError, OSError) as err:
+            fail(str(err))
+        typer.echo(f"wrote {written} ({len(routes)} routes); the cluster block includes it: include {written.name}")
+
+    @auth.command("url")
+    def auth_url(
+        user: str = typer.Argument(..., help="api, orchestrator, projector, meta, admin, sim, or node-<node id>"),
+        servers: str = typer.Option(
+            ..., "--servers", help="The NATS servers, e.g. nats://nats-1:4222,nats://nats-2:4222"
+        ),
+        credentials: Path = typer.Option(None, help=credentials_help),
+    ) -> None:
+        """Print the NEBULA_NATS_URL of one role or node, with its password, for that host's
+        /etc/nebula/nebula.env (keep it 0600)."""
+        from nebula_core.allinone.nats_auth import NatsCredentials
+
+        directory = credentials_dir(credentials)
+        if not (directory / user).exists():
+            fail(f"no password for {user!r} in {directory}: run `nebula nats-auth config` with it first")
+        try:
+            typer.echo(NatsCredentials(directory).url(servers, user))
+        except ValueError as err:
+            fail(str(err))

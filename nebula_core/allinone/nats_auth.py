@@ -53,7 +53,8 @@ class NatsCredentials:
 
     def password(self, user: str) -> str:
         """`user`'s password, generated the first time it is asked for."""
-        permissions.role(user)  # refuses a user that has no role
+        if user != permissions.ROUTE_USER:
+            permissions.role(user)  # refuses a user that has no role
         path = self.directory / user
         if not path.exists():
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -71,25 +72,57 @@ class NatsCredentials:
         """`base_url` with `user`'s credentials."""
         return with_user(base_url, user, self.password(user))
 
+    def authorization(self, users: Iterable[str]) -> dict[str, object]:
+        """nats-server's `authorization` block for `users`."""
+        return {"users": permissions.server_users({user: self.password(user) for user in users})}
+
     def write_server_config(self, path: Path, users: Iterable[str]) -> Path:
-        """nats-server's authorization for `users` (0600: it holds their passwords)."""
-        passwords = {user: self.password(user) for user in users}
-        config = {"authorization": {"users": permissions.server_users(passwords)}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(config, f, indent=2)
-        os.replace(tmp, path)
-        return path
+        """A whole nats-server configuration holding the authorization for `users` (given
+        with `--config`; 0600: it holds their passwords)."""
+        return _write_secret(path, json.dumps({"authorization": self.authorization(users)}, indent=2))
+
+    def write_include(self, path: Path, users: Iterable[str]) -> Path:
+        """The authorization for `users` as a file that a nats-server configuration
+        includes (`include nebula-users.conf`, as `ops/nats/*.conf` do; 0600)."""
+        return _write_secret(path, "authorization: " + json.dumps(self.authorization(users), indent=2) + "\n")
+
+    def write_routes(self, path: Path, routes: Iterable[str]) -> Path:
+        """A cluster's route authentication and its routes (`host:port` each), as a file
+        that the `cluster` block of a nats-server configuration includes (0600): each
+        server accepts a route with this password and offers it on the routes it opens."""
+        user, password = permissions.ROUTE_USER, self.password(permissions.ROUTE_USER)
+        urls = []
+        for route in routes:
+            host, sep, port = route.rpartition(":")
+            if not sep or not host or not port.isdigit() or "/" in host or "@" in host:
+                raise ValueError(f"route {route!r} is not host:port")
+            urls.append(f"nats-route://{user}:{password}@{host}:{port}")
+        if not urls:
+            raise ValueError("no route given")
+        block = {"authorization": {"user": user, "password": password}, "routes": urls}
+        text = "".join(f"{key}: {json.dumps(value)}\n" for key, value in block.items())
+        return _write_secret(path, text)
 
 
-def operator_settings(settings: Settings, environ: Mapping[str, str] | None = None) -> Settings:
-    """`settings` for the operator's commands (`nebula replay`, `nebula init`) on the host of a
-    `nebula up`: where NEBULA_NATS_URL is not set, the operator's NATS identity from the
-    state directory, as the CLI finds the admin token there."""
+def _write_secret(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def operator_settings(
+    settings: Settings, environ: Mapping[str, str] | None = None, *, user: str = permissions.ADMIN_USER
+) -> Settings:
+    """`settings` for a command run by hand on the host of a `nebula up` (`nebula replay`
+    and `nebula init` as the operator, `nebula sim` as the simulator): where
+    NEBULA_NATS_URL is not set, `user`'s NATS identity from the state directory, as the CLI
+    finds the admin token there."""
     environ = os.environ if environ is None else environ
     credentials = NatsCredentials(Path(settings.state_dir) / "nats" / "credentials")
-    if config.env_name("nats_url") in environ or not (credentials.directory / permissions.ADMIN_USER).exists():
+    if config.env_name("nats_url") in environ or not (credentials.directory / user).exists():
         return settings
-    return msgspec.structs.replace(settings, nats_url=credentials.url(settings.nats_url, permissions.ADMIN_USER))
+    return msgspec.structs.replace(settings, nats_url=credentials.url(settings.nats_url, user))

@@ -11,6 +11,7 @@ from nebula_core import config
 from nebula_core.allinone.commands import run
 from nebula_core.allinone.nats_auth import operator_settings
 from nebula_core.allinone.runtime import connections, run_role
+from nebula_core.contract.permissions import SIM_USER
 
 
 def node_agent() -> None:
@@ -78,7 +79,7 @@ def register(app: typer.Typer) -> None:
         from nebula_core.contract.types import Resources
         from nebula_node.sim import run_sim
 
-        settings = config.load()
+        settings = operator_settings(config.load(), user=SIM_USER)
         capacity = Resources(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb)
         run_role(
             "sim",

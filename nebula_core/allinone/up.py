@@ -24,9 +24,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from nebula_core import config
-from nebula_core.allinone.embedded import NatsServer, Postgres, nats_server_binary, wait_for_port
+from nebula_core.allinone.embedded import NatsServer, Postgres, wait_for_port
 from nebula_core.allinone.init import initialize
+from nebula_core.allinone.nats_auth import control_users
 from nebula_core.config import Settings
+from nebula_core.contract.permissions import ADMIN_USER, node_user
 from nebula_core.contract.redaction import redacted_url
 from nebula_core.nats_client import redacted
 
@@ -165,6 +167,7 @@ class AllInOne:
         self.external_pg = pg_dsn or settings.pg_dsn or None
         self.supervisor = Supervisor(self.state / "logs")
         self.postgres: Postgres | None = None
+        self.nats: NatsServer | None = None
 
     def admin_token(self) -> str:
         """The bootstrap admin token: from configuration, else generated once and kept 0600."""
@@ -178,23 +181,28 @@ class AllInOne:
                 f.write(secrets.token_urlsafe(32))
         return path.read_text().strip()
 
-    async def _start_nats(self) -> str:
+    async def _start_nats(self) -> None:
+        """nats-server with authentication: every role, the node and the operator a user of
+        its own (`nats_auth`), their passwords generated on the first start. An external
+        NATS (`--nats-url`) is the operator's: every role uses the URL given."""
         if self.external_nats:
-            return self.external_nats
+            return
         url = urlparse(self.settings.nats_url)
-        server = NatsServer(self.state / "nats", port=url.port or 4222, host=url.hostname or "127.0.0.1")
-        argv = [
-            nats_server_binary(),
-            "--jetstream",
-            "--store_dir",
-            str(server.store_dir),
-            "--addr",
-            server.host,
-            "--port",
-            str(server.port),
-        ]
-        await self.supervisor.start(Child("nats-server", argv), ready=(server.host, server.port))
-        return server.url
+        server = NatsServer(
+            self.state / "nats",
+            port=url.port or 4222,
+            host=url.hostname or "127.0.0.1",
+            users=control_users([self.settings.node_id]),
+        )
+        self.nats = server
+        await self.supervisor.start(Child("nats-server", server.argv()), ready=(server.host, server.port))
+
+    def nats_url(self, user: str = ADMIN_USER) -> str:
+        """The URL on which `user` (a role, a node's user, the operator) reaches NATS."""
+        if self.nats is None:
+            assert self.external_nats is not None
+            return self.external_nats
+        return self.nats.url_for(user)
 
     async def _start_postgres(self) -> str:
         if self.external_pg:
@@ -202,20 +210,29 @@ class AllInOne:
         self.postgres = await asyncio.to_thread(Postgres(self.state / "postgres").start)
         return self.postgres.dsn
 
-    async def _start_roles(self, nats_url: str, pg_dsn: str, token: str) -> None:
-        env = {"NEBULA_NATS_URL": nats_url, "NEBULA_STATE_DIR": str(self.state)}
+    async def _start_roles(self, pg_dsn: str, token: str) -> None:
+        def env(role: str) -> dict[str, str]:
+            return {"NEBULA_NATS_URL": self.nats_url(role), "NEBULA_STATE_DIR": str(self.state)}
+
         # Postgres for the roles that keep or read the read models; the bootstrap admin
-        # token for the API alone (the metadata service and the node need neither).
-        pg_env = {**env, "NEBULA_PG_DSN": pg_dsn}
-        api_env = {**pg_env, "NEBULA_ADMIN_TOKEN": token}
+        # token for the API alone (the metadata service and the node need neither); each
+        # its own NATS identity.
         nebula = [sys.executable, "-m", "nebula_core"]
-        await self.supervisor.start(Child("projector", [*nebula, "projector"], pg_env))
+        await self.supervisor.start(
+            Child("projector", [*nebula, "projector"], {**env("projector"), "NEBULA_PG_DSN": pg_dsn})
+        )
         host, port = self.settings.meta_host_port
-        await self.supervisor.start(Child("meta", [*nebula, "meta"], env), ready=(host, port))
+        await self.supervisor.start(Child("meta", [*nebula, "meta"], env("meta")), ready=(host, port))
         host, port = self.settings.api_host_port
+        api_env = {**env("api"), "NEBULA_PG_DSN": pg_dsn, "NEBULA_ADMIN_TOKEN": token}
         await self.supervisor.start(Child("api", [*nebula, "api"], api_env), ready=(host, port))
-        await self.supervisor.start(Child("orchestrator", [*nebula, "orchestrator"], pg_env))
-        node_env = {**env, "NEBULA_LIBVIRT_URI": self.libvirt_uri, "NEBULA_NODE_ID": self.settings.node_id}
+        orchestrator_env = {**env("orchestrator"), "NEBULA_PG_DSN": pg_dsn}
+        await self.supervisor.start(Child("orchestrator", [*nebula, "orchestrator"], orchestrator_env))
+        node_env = {
+            **env(node_user(self.settings.node_id)),
+            "NEBULA_LIBVIRT_URI": self.libvirt_uri,
+            "NEBULA_NODE_ID": self.settings.node_id,
+        }
         await self.supervisor.start(Child("node", [*nebula, "node"], node_env))
 
     def _choose_libvirt(self) -> None:
@@ -256,20 +273,20 @@ class AllInOne:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
-            nats_url = await self._start_nats()
+            await self._start_nats()
             pg_dsn = await self._start_postgres()
-            settings = config.load(nats_url=nats_url, pg_dsn=pg_dsn, state_dir=str(self.state))
+            settings = config.load(nats_url=self.nats_url(), pg_dsn=pg_dsn, state_dir=str(self.state))
             for line in await initialize(settings):
                 log(line)
             token = self.admin_token()
             await asyncio.to_thread(self._choose_libvirt)
-            await self._start_roles(nats_url, pg_dsn, token)
+            await self._start_roles(pg_dsn, token)
             provisioning = asyncio.create_task(self._provision(token))
             watchdog = asyncio.create_task(self._watch_postgres(pg_dsn))
             waiting = asyncio.create_task(stop.wait())
             await asyncio.wait([provisioning, waiting], return_when=asyncio.FIRST_COMPLETED)
             if provisioning.done():
-                self._banner(nats_url, pg_dsn)
+                self._banner(pg_dsn)
                 if self.demo and provisioning.result() != 0:
                     log("the demo did not complete; Nebula stays up (see the logs above and under logs/)")
             await stop.wait()
@@ -310,7 +327,12 @@ class AllInOne:
             return "NEBULA_ADMIN_TOKEN, as configured"
         return f"in {self.state / 'admin-token'} (mode 0600)"
 
-    def _banner(self, nats_url: str, pg_dsn: str) -> None:
+    def _nats_line(self) -> str:
+        if self.nats is None:
+            return redacted(self.nats_url())
+        return f"{self.nats.address}  (one user per role; passwords: {self.nats.credentials.directory})"
+
+    def _banner(self, pg_dsn: str) -> None:
         """What is up and where; every credential is redacted or named, never shown."""
         cli = cli_command()
         print(
@@ -319,7 +341,7 @@ class AllInOne:
                     "Nebula is up.",
                     f"  API:         http://{self.settings.api_listen}/v1  (logs: {self.state / 'logs'})",
                     f"  metadata:    http://{self.settings.meta_listen}/nocloud/",
-                    f"  NATS:        {redacted(nats_url)}",
+                    f"  NATS:        {self._nats_line()}",
                     f"  Postgres:    {redacted_url(pg_dsn)}",
                     f"  state:       {self.state}",
                     f"  node:        {self.settings.node_id} on {self.libvirt_uri}",

@@ -9,18 +9,25 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import aiohttp
 import asyncpg
 import nats
+import nats.errors
 import psutil
+import pytest
 from pgserver.utils import PostmasterInfo
 
 from nebula_core.allinone.embedded import NatsServer, free_port
+from nebula_core.allinone.nats_auth import NatsCredentials
+from nebula_core.contract import permissions
+from nebula_core.contract.permissions import node_user
 from nebula_core.contract.types import Quotas
 from nebula_core.domain import AGGREGATES, Project
 from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
+from nebula_core.nats_client import identity_options
 from nebula_core.projections import database
 from nebula_core.projections.checkpoint import checkpoint
 from nebula_core.projections.handlers import TABLES
@@ -100,7 +107,18 @@ async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: 
             async with http.get(f"http://127.0.0.1:{api_port}/v1/projects", headers=headers) as listed:
                 names = [p["name"] for p in (await listed.json())["items"]]
 
-        client = await nats.connect(f"nats://127.0.0.1:{port}")
+            async def node_registered() -> list[str]:
+                # The node (its own NATS identity) registered through the orchestrator (its own).
+                async with http.get(f"http://127.0.0.1:{api_port}/v1/nodes", headers=headers) as answer:
+                    return [n["id"] for n in (await answer.json())["items"] if n["alive"]]
+
+            nodes = await eventually(node_registered, timeout=30, interval=0.5)
+
+        with pytest.raises((nats.errors.NoServersError, nats.errors.Error, OSError)):  # no anonymous client
+            await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False, connect_timeout=2)
+        credentials = NatsCredentials(tmp_path / "state" / "nats" / "credentials")
+        admin_url = credentials.url(f"nats://127.0.0.1:{port}", permissions.ADMIN_USER)
+        client = await nats.connect(admin_url, **identity_options(admin_url))
         try:
             streams = {s.config.name for s in await client.jetstream().streams_info()}
         finally:
@@ -127,6 +145,16 @@ async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: 
     assert "NEBULA_PG_DSN" not in handed["meta"] and "NEBULA_PG_DSN" not in handed["node"]
     assert code == 0
     assert (tmp_path / "state" / "admin-token").stat().st_mode & 0o777 == 0o600
+    # Each child its own NATS identity, whose password is printed and logged nowhere.
+    users = {role: urlparse(env["NEBULA_NATS_URL"]).username for role, env in handed.items()}
+    node_id = handed["node"]["NEBULA_NODE_ID"]
+    assert nodes == [node_id]
+    assert users == {r: r for r in ("api", "meta", "projector", "orchestrator")} | {"node": node_user(node_id)}
+    for role, user in users.items():
+        password = credentials.password(str(user))
+        assert urlparse(handed[role]["NEBULA_NATS_URL"]).password == password
+        assert password not in said and password not in logs
+        assert (credentials.directory / str(user)).stat().st_mode & 0o777 == 0o600
 
 
 def _environment_of(up_pid: int, role: str) -> dict[str, str]:
