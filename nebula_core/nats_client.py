@@ -49,6 +49,13 @@ def identity_options(url: str) -> dict[str, Any]:
     return {"inbox_prefix": inbox_prefix(user)} if user else {}
 
 
+def pull_inbox(url: str) -> bytes:
+    """The inbox prefix of a JetStream pull subscription by the user in `url`: nats-py and
+    FastStream default it to the shared `_INBOX.`, which no role may subscribe to."""
+    user = user_of(url)
+    return f"{inbox_prefix(user) if user else '_INBOX'}.".encode()
+
+
 def redacted(url: str) -> str:
     """`url` fit for a message or a log: passwords (`nats://user:secret@host`) and tokens
     (`nats://secret@host`) replaced, in each server's URL."""

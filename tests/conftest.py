@@ -18,6 +18,7 @@ from nats.js import JetStreamContext
 
 from nebula_core.allinone import init
 from nebula_core.allinone.embedded import NatsServer, Postgres
+from nebula_core.allinone.nats_auth import control_users
 from nebula_core.contract import topology
 from nebula_core.domain import AGGREGATES
 from nebula_core.domain.codec import Codec
@@ -28,10 +29,21 @@ from nebula_core.orchestrator.lifecycle import ACTOR
 from nebula_core.orchestrator.registrar import declare_node_answers
 from nebula_core.projections import database, migrate
 
+#: The compute nodes a test's NATS has a user for: node agents in tests take one of these ids.
+TEST_NODES = ("node-a", "n1", "n2")
+
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    server = NatsServer(tmp_path / "nats").start()
+def nats_node_ids() -> tuple[str, ...]:
+    """The nodes with a NATS user on the test server (a module running others overrides it)."""
+    return TEST_NODES
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path, nats_node_ids: tuple[str, ...]) -> Iterator[NatsServer]:
+    """nats-server authenticating every client, as `nebula up` starts it: `url` is the
+    operator's (admin), `url_for(user)` each role's, the simulator's and each node's."""
+    server = NatsServer(tmp_path / "nats", users=control_users(nats_node_ids)).start()
     yield server
     server.stop()
 
@@ -49,7 +61,7 @@ async def registrar(nats_server: NatsServer, js: JetStreamContext) -> AsyncItera
     broker over the real event store, without the rest of an orchestrator: what a node
     agent needs to start. Yields the fleet that records them."""
     fleet = Fleet(EventStore(js, Codec(*AGGREGATES)), actor=ACTOR)
-    broker = make_broker(nats_server.url, name="registrar")
+    broker = make_broker(nats_server.url_for("orchestrator"), name="registrar")
     declare_node_answers(broker, lambda: fleet)
     await broker.start()
     yield fleet

@@ -27,6 +27,7 @@ from faststream.nats import JStream, KvWatch, NatsBroker, NatsMessage, PullSub
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from nebula_core import nats_client
 from nebula_core.config import Settings
 from nebula_core.contract import commands, subjects
 from nebula_core.contract.errors import ConcurrencyConflict, NodeUnavailable, NotFound
@@ -72,6 +73,7 @@ class Orchestrator:
             stream=JStream(subjects.COMMANDS_STREAM, declare=False),
             durable=subjects.ORCHESTRATOR_CONSUMER,
             pull_sub=PullSub(batch_size=workers, timeout=1.0),
+            inbox_prefix=nats_client.pull_inbox(self.settings.nats_url),
             max_workers=workers,
             ack_policy=AckPolicy.REJECT_ON_ERROR,
             title="orchestrator/commands",

@@ -29,16 +29,19 @@ from pathlib import Path
 from typing import NoReturn
 
 import libvirt
+import msgspec
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from nebula_core import config
+from nebula_core.contract.permissions import node_user
 from nebula_core.messaging import make_broker, reply_errors
 from nebula_core.orchestrator.service import Orchestrator
 from nebula_meta.app import make_app as make_meta_app
 from nebula_node.agent import NodeAgent
 from nebula_node.libvirt.states import instance_of
+from tests.conftest import TEST_NODES
 from tests.integration.conftest import Cloud, cloud  # noqa: F401 — the control plane, as a fixture here too
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,7 +156,7 @@ class Meta:
 
 @pytest.fixture
 async def meta(cloud: Cloud) -> AsyncIterator[Meta]:
-    app = make_meta_app(cloud.settings)
+    app = make_meta_app(cloud.settings_for("meta"))
     answered: list[tuple[str, str, int]] = []
 
     @web.middleware
@@ -209,7 +212,19 @@ class Nebula:
 
 
 @pytest.fixture
+def e2e_node_id() -> str:
+    return f"e2e-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def nats_node_ids(e2e_node_id: str) -> tuple[str, ...]:  # type: ignore[override]
+    """The test NATS knows this run's node (its id is new each run: see `nebula`)."""
+    return (*TEST_NODES, e2e_node_id)
+
+
+@pytest.fixture
 async def nebula(
+    e2e_node_id: str,
     cloud: Cloud,
     meta: Meta,
     host: Host,
@@ -230,10 +245,10 @@ async def nebula(
         )
     settings = config.load(
         {},
-        nats_url=cloud.settings.nats_url,
+        nats_url=cloud.nats.url_for("orchestrator"),
         pg_dsn=cloud.settings.pg_dsn,
         libvirt_uri=URI,
-        node_id=f"e2e-{uuid.uuid4().hex[:8]}",
+        node_id=e2e_node_id,
         state_dir=str(host.state_dir),
         image_roots=cloud.settings.image_roots,
         meta_url=meta.guest_url,
@@ -245,10 +260,12 @@ async def nebula(
         orchestrator = Orchestrator(settings, pool=cloud.pool)
         await orchestrator.start()
         stack.push_async_callback(orchestrator.stop)
-        broker = make_broker(settings.nats_url, name="node", middlewares=[reply_errors])
+        # The node as on a compute host: its own NATS identity.
+        node_settings = msgspec.structs.replace(settings, nats_url=cloud.nats.url_for(node_user(e2e_node_id)))
+        broker = make_broker(node_settings.nats_url, name="node", middlewares=[reply_errors])
         await broker.start()
         stack.push_async_callback(broker.stop)
-        agent = NodeAgent(settings)
+        agent = NodeAgent(node_settings)
         await agent.start(broker)
         stack.push_async_callback(agent.stop)
         yield Nebula(cloud, meta, host, virt, leftovers, settings)

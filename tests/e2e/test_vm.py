@@ -26,7 +26,7 @@ from nebula_core.contract.kv import InstanceSeed
 from nebula_core.contract.node import CreateRequest, ImageSpec
 from nebula_core.orchestrator.lifecycle import seed_url
 from nebula_node.libvirt.driver import LibvirtDriver
-from tests.e2e.conftest import URI, Host, Leftovers, Meta, Nebula
+from tests.e2e.conftest import GUEST_HOST_ADDR, URI, Host, Leftovers, Meta, Nebula
 from tests.integration.conftest import Client, Cloud
 from tests.support import eventually
 
@@ -157,6 +157,18 @@ def report(
 # --- the tests -------------------------------------------------------------------------------
 
 
+def nats_probe(port: int) -> str:
+    """User-data lines by which a guest tries the control plane's NATS as any guest could:
+    from its side of user-mode networking (the host's loopback is 10.0.2.2), an anonymous
+    CONNECT and a PING. It prints whether the server spoke (INFO), served it (PONG) or
+    refused it."""
+    return (
+        f"out=$( (printf 'CONNECT {{\"verbose\":false}}\\r\\nPING\\r\\n'; sleep 2) | nc {GUEST_HOST_ADDR} {port} 2>&1 )\n"
+        'echo "NATS-PROBE info=$(echo "$out" | grep -c \'^INFO\') pong=$(echo "$out" | grep -c PONG)'
+        ' refused=$(echo "$out" | grep -c \'Authorization Violation\')"\n'
+    )
+
+
 async def test_a_vm_boots_runs_its_user_data_and_obeys_stop_start_reboot_and_delete(
     nebula: Nebula,
     tmp_path: Path,
@@ -176,7 +188,7 @@ async def test_a_vm_boots_runs_its_user_data_and_obeys_stop_start_reboot_and_del
             "ram_mb": 256,
             "disk_gb": 1,
             "image": "nebula-tiny",
-            "user_data": f"#!/bin/sh\necho {nonce}\n",
+            "user_data": f"#!/bin/sh\necho {nonce}\n" + nats_probe(nebula.cloud.nats.port),
         },
     )
     accepted = time.monotonic()
@@ -195,6 +207,8 @@ async def test_a_vm_boots_runs_its_user_data_and_obeys_stop_start_reboot_and_del
     nonce_seen = time.monotonic() - accepted
     assert phone_homes(meta, instance_id) == 1
     assert "NEBULA-DISKS vda=1073741824" in first  # the 1 GiB disk
+    # The guest reached the control plane's NATS and was refused: no anonymous client.
+    assert "NATS-PROBE info=1 pong=0 refused=1" in first, first
     created_at = datetime.fromisoformat(created["created_at"])
     report(
         BootTimings(

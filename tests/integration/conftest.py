@@ -11,11 +11,12 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import msgspec
 import pytest
 from aiohttp.test_utils import TestServer
 from nats.js import JetStreamContext
 
-from nebula_core import config
+from nebula_core import config, nats_client
 from nebula_core.allinone.embedded import NatsServer
 from nebula_core.api.app import make_app
 from nebula_core.projections.projector import Projector
@@ -58,11 +59,17 @@ class Cloud:
     session: aiohttp.ClientSession
     js: JetStreamContext
     pool: asyncpg.Pool
+    #: The API's settings (its own NATS identity); `settings_for` gives another role's.
     settings: config.Settings
+    nats: NatsServer
     admin: Client = field(init=False)
 
     def __post_init__(self) -> None:
         self.admin = Client(self.session, self.base, ADMIN_TOKEN)
+
+    def settings_for(self, role: str) -> config.Settings:
+        """The cloud's settings as `role` (a control-plane role, `sim`, or a node's user) runs them."""
+        return msgspec.structs.replace(self.settings, nats_url=self.nats.url_for(role))
 
     def client(self, token: str) -> Client:
         return Client(self.session, self.base, token)
@@ -107,15 +114,18 @@ def image_roots(tmp_path: Path) -> str:
 async def cloud(
     nats_server: NatsServer, js: JetStreamContext, pool: asyncpg.Pool, pg_dsn: str, image_roots: str
 ) -> AsyncIterator[Cloud]:
+    """The API and a projector, each with its own NATS identity; `js` is the operator's."""
     settings = config.load(
-        {}, nats_url=nats_server.url, pg_dsn=pg_dsn, admin_token=ADMIN_TOKEN, image_roots=image_roots
+        {}, nats_url=nats_server.url_for("api"), pg_dsn=pg_dsn, admin_token=ADMIN_TOKEN, image_roots=image_roots
     )
     stop = asyncio.Event()
-    projector = asyncio.create_task(Projector(js, pool).run(stop))
+    projector_nc = await nats_client.connect(nats_server.url_for("projector"), name="projector")
+    projector = asyncio.create_task(Projector(projector_nc.jetstream(), pool).run(stop))
     server = TestServer(make_app(settings), host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as session:
-        yield Cloud(str(server.make_url("")).rstrip("/"), session, js, pool, settings)
+        yield Cloud(str(server.make_url("")).rstrip("/"), session, js, pool, settings, nats_server)
     await server.close()
     stop.set()
     await projector
+    await projector_nc.close()

@@ -85,7 +85,7 @@ class Stack:
 
     @asynccontextmanager
     async def api(self) -> AsyncIterator[Cloud]:
-        settings = config.load({}, nats_url=self.nats.url, pg_dsn=self.dsn, admin_token=ADMIN_TOKEN)
+        settings = config.load({}, nats_url=self.nats.url_for("api"), pg_dsn=self.dsn, admin_token=ADMIN_TOKEN)
         pool = await database.create_pool(self.dsn, min_size=0, max_size=4)
         stop = asyncio.Event()
         projector = asyncio.create_task(self.projector(pool, stop))
@@ -93,7 +93,7 @@ class Stack:
         await server.start_server()
         try:
             async with aiohttp.ClientSession() as session:
-                yield Cloud(str(server.make_url("")).rstrip("/"), session, self.js, pool, settings)
+                yield Cloud(str(server.make_url("")).rstrip("/"), session, self.js, pool, settings, self.nats)
         finally:
             await server.close()
             stop.set()

@@ -29,7 +29,7 @@ async def cloud(nats_server: NatsServer, js: JetStreamContext, pool: asyncpg.Poo
     """The conftest's cloud, with small limits."""
     settings = config.load(
         {},
-        nats_url=nats_server.url,
+        nats_url=nats_server.url_for("api"),
         pg_dsn=pg_dsn,
         admin_token=ADMIN_TOKEN,
         api_rate=RATE,
@@ -41,7 +41,7 @@ async def cloud(nats_server: NatsServer, js: JetStreamContext, pool: asyncpg.Poo
     server = TestServer(make_app(settings), host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as session:
-        yield Cloud(str(server.make_url("")).rstrip("/"), session, js, pool, settings)
+        yield Cloud(str(server.make_url("")).rstrip("/"), session, js, pool, settings, nats_server)
     await server.close()
     stop.set()
     await projector

@@ -73,11 +73,11 @@ async def lagging(
     nats_server: NatsServer, js: JetStreamContext, pool: asyncpg.Pool, pg_dsn: str
 ) -> AsyncIterator[Lagging]:
     """The `cloud` fixture's API, real NATS and Postgres, and no projector running."""
-    settings = config.load({}, nats_url=nats_server.url, pg_dsn=pg_dsn, admin_token=ADMIN_TOKEN)
+    settings = config.load({}, nats_url=nats_server.url_for("api"), pg_dsn=pg_dsn, admin_token=ADMIN_TOKEN)
     server = TestServer(make_app(settings), host="127.0.0.1")
     await server.start_server()
     async with aiohttp.ClientSession() as session:
-        state = Lagging(Cloud(str(server.make_url("")).rstrip("/"), session, js, pool, settings))
+        state = Lagging(Cloud(str(server.make_url("")).rstrip("/"), session, js, pool, settings, nats_server))
         yield state
         await server.close()
     if state._task is not None:

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from nebula_core.allinone.embedded import NatsServer
 from nebula_core.config import Settings
 from nebula_core.contract.node import CreateRequest, ImageSpec
+from nebula_core.contract.permissions import node_user
 from nebula_core.contract.types import Resources
 from nebula_core.domain import AGGREGATES, Instance
 from nebula_core.domain.codec import Codec
@@ -30,9 +31,11 @@ NODE = "node-a"
 @pytest.fixture
 async def node(cloud: Cloud, nats_server: NatsServer, registrar: Fleet, tmp_path: Path) -> AsyncIterator[NodeAgent]:
     """A node agent on a private test-driver host, on the cloud's NATS."""
-    broker = make_broker(nats_server.url, name="node", middlewares=[reply_errors])
+    broker = make_broker(nats_server.url_for(node_user(NODE)), name="node", middlewares=[reply_errors])
     await broker.start()
-    settings = Settings(nats_url=nats_server.url, node_id=NODE, region="eu", state_dir=str(tmp_path / "node"))
+    settings = Settings(
+        nats_url=nats_server.url_for(node_user(NODE)), node_id=NODE, region="eu", state_dir=str(tmp_path / "node")
+    )
     uri = simulated_host_uri(tmp_path / "host.xml", Resources(vcpus=8, ram_mb=8192, disk_gb=100))
     agent = NodeAgent(settings, driver=simulated_driver(uri, Path(settings.state_dir), node_id=NODE))
     await agent.start(broker)

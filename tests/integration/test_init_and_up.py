@@ -80,6 +80,7 @@ async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: 
         "NEBULA_NATS_URL": f"nats://127.0.0.1:{port}",
         "NEBULA_API_LISTEN": f"127.0.0.1:{api_port}",
         "NEBULA_META_LISTEN": f"127.0.0.1:{meta_port}",
+        "NEBULA_LIBVIRT_URI": "test:///default",  # a simulated node: no guest runs here
     }
     env.pop("NEBULA_PG_DSN", None)
     proc = subprocess.Popen([*NEBULA, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -104,6 +105,7 @@ async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: 
                 f"http://127.0.0.1:{api_port}/v1/projects", json={"name": "first"}, headers=headers
             ) as created:
                 assert created.status == 201
+                project_id = (await created.json())["id"]
             async with http.get(f"http://127.0.0.1:{api_port}/v1/projects", headers=headers) as listed:
                 names = [p["name"] for p in (await listed.json())["items"]]
 
@@ -113,6 +115,23 @@ async def test_up_brings_nats_and_postgres_up_with_everything_applied(tmp_path: 
                     return [n["id"] for n in (await answer.json())["items"] if n["alive"]]
 
             nodes = await eventually(node_registered, timeout=30, interval=0.5)
+
+            # A create goes the whole way, each role with its own identity: the API's
+            # command, the orchestrator's placement, the node's domain and report.
+            body = {"project_id": project_id, "name": "vm1", "vcpus": 1, "ram_mb": 256, "disk_gb": 1}
+            async with http.post(
+                f"http://127.0.0.1:{api_port}/v1/instances", json={**body, "image": "nebula-tiny"}, headers=headers
+            ) as accepted:
+                assert accepted.status == 202, await accepted.text()
+                instance_id = (await accepted.json())["id"]
+
+            async def running() -> bool:
+                async with http.get(f"http://127.0.0.1:{api_port}/v1/instances/{instance_id}", headers=headers) as got:
+                    state = (await got.json())["state"]
+                    assert state != "error", await got.text()
+                    return bool(state == "running")
+
+            await eventually(running, timeout=60, interval=0.5)
 
         with pytest.raises((nats.errors.NoServersError, nats.errors.Error, OSError)):  # no anonymous client
             await nats.connect(f"nats://127.0.0.1:{port}", allow_reconnect=False, connect_timeout=2)

@@ -29,7 +29,7 @@ USER_DATA = "#!/bin/sh\necho 'nonce-42' \"quoted\" é\n"
 
 @pytest.fixture
 async def meta(cloud: Cloud) -> AsyncIterator[str]:
-    server = TestServer(make_app(cloud.settings, rate=50, burst=20), host="127.0.0.1")
+    server = TestServer(make_app(cloud.settings_for("meta"), rate=50, burst=20), host="127.0.0.1")
     await server.start_server()
     yield str(server.make_url("")).rstrip("/")
     await server.close()
@@ -102,7 +102,7 @@ async def orchestrator(cloud: Cloud) -> AsyncIterator[Callable[[], Awaitable[Orc
     started: list[Orchestrator] = []
 
     async def start() -> Orchestrator:
-        orchestrator = Orchestrator(cloud.settings, pool=cloud.pool)
+        orchestrator = Orchestrator(cloud.settings_for("orchestrator"), pool=cloud.pool)
         await orchestrator.start()
         started.append(orchestrator)
         return orchestrator
@@ -188,7 +188,7 @@ async def test_a_restarted_service_answers_with_the_user_data_at_once(cloud: Clo
     instance_id, token = await new_instance(cloud)
     await eventually(lambda: served(cloud.session, f"{meta}/nocloud/{instance_id}/{token}/user-data"))
 
-    server = TestServer(make_app(cloud.settings), host="127.0.0.1")
+    server = TestServer(make_app(cloud.settings_for("meta")), host="127.0.0.1")
     await server.start_server()  # returns once the history and the seeds have been read
     try:
         fresh = str(server.make_url("")).rstrip("/")

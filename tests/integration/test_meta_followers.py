@@ -21,7 +21,7 @@ from tests.support import eventually
 
 @pytest.fixture
 async def meta(cloud: Cloud) -> AsyncIterator[str]:
-    server = TestServer(make_app(cloud.settings, rate=50, burst=20), host="127.0.0.1")
+    server = TestServer(make_app(cloud.settings_for("meta"), rate=50, burst=20), host="127.0.0.1")
     await server.start_server()
     yield str(server.make_url("")).rstrip("/")
     await server.close()

@@ -33,6 +33,7 @@ from nebula_core.contract.node import (
     NodeReply,
     StopRequest,
 )
+from nebula_core.contract.permissions import node_user
 from nebula_core.contract.types import Overcommit, Resources
 from nebula_core.domain import AGGREGATES, Node
 from nebula_core.domain.codec import Codec
@@ -121,7 +122,7 @@ async def heartbeat_of(js: JetStreamContext, node: str = NODE) -> Heartbeat | No
 
 def settings(nats_server: NatsServer, tmp_path: Path, **changes: object) -> Settings:
     base = Settings(
-        nats_url=nats_server.url,
+        nats_url=nats_server.url_for(node_user(NODE)),
         node_id=NODE,
         region="r1",
         state_dir=str(tmp_path / "state"),
@@ -147,7 +148,7 @@ async def stop(agent: NodeAgent) -> None:
 @pytest.fixture
 async def broker(nats_server: NatsServer, js: JetStreamContext, registrar: Fleet) -> AsyncIterator[NatsBroker]:
     """The node's broker, with the orchestrators' answers to nodes running (`registrar`)."""
-    broker = make_broker(nats_server.url, name="node", middlewares=[reply_errors])
+    broker = make_broker(nats_server.url_for(node_user(NODE)), name="node", middlewares=[reply_errors])
     await broker.start()
     yield broker
     await broker.stop()

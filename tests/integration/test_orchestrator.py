@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from nebula_core import config
+from nebula_core.contract.permissions import SIM_USER
 from nebula_core.contract.types import Overcommit, Resources
 from nebula_core.domain import AGGREGATES, Instance, Node
 from nebula_core.domain.codec import Codec
@@ -57,7 +58,8 @@ class Stack:
             "meta_url": "http://10.0.2.2:8775",
             **overrides,
         }
-        return config.load({}, nats_url=self.cloud.settings.nats_url, pg_dsn=self.cloud.settings.pg_dsn, **values)
+        orchestrator = self.cloud.settings_for("orchestrator")
+        return config.load({}, nats_url=orchestrator.nats_url, pg_dsn=orchestrator.pg_dsn, **values)
 
     async def orchestrator(self, **overrides: Any) -> Orchestrator:
         orchestrator = Orchestrator(self.settings(**overrides), pool=self.cloud.pool)
@@ -89,7 +91,7 @@ class Stack:
         **options: Any,
     ) -> Fleet:
         fleet = Fleet(
-            self.cloud.settings.nats_url,
+            self.cloud.nats.url_for(SIM_USER),
             nodes=nodes,
             region=region,
             capacity=capacity,
