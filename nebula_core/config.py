@@ -32,6 +32,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     pg_dsn: str = ""
     admin_token: str = ""
     api_listen: str = "127.0.0.1:8774"
+    #: Where the metadata service listens: host:port, comma separated for several.
     meta_listen: str = "127.0.0.1:8775"
     state_dir: str = msgspec.field(default_factory=_default_state_dir)
     #: JetStream replicas for streams and buckets: 1 on one server, 3 on a cluster.
@@ -59,8 +60,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     node_id: str = msgspec.field(default_factory=socket.gethostname)
     region: str = "default"
     libvirt_uri: str = "qemu:///system"
-    #: The metadata service as a VM sees it (user-mode networking: the host is 10.0.2.2).
-    meta_url: str = "http://10.0.2.2:8775"
+    #: The metadata service as a VM sees it; empty: where this node's own one answers (the
+    #: bridge's address on a managed network, 10.0.2.2 on user-mode networking, at the
+    #: port of `meta_listen`). Set it when the metadata service runs on another host.
+    meta_url: str = ""
     #: Capacity offered to placement; 0 means "detect from libvirt".
     node_vcpus: int = 0
     node_ram_mb: int = 0
@@ -70,9 +73,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     disk_overcommit: float = 1.0
     #: Ask for KVM acceleration (used only if /dev/kvm works); off: QEMU's TCG emulation.
     node_kvm: bool = False
-    #: A libvirt network for the guests' NIC (e.g. "default"); empty: QEMU's user-mode
-    #: networking, where a guest reaches its host - and the metadata service - at 10.0.2.2.
-    node_network: str = ""
+    #: The libvirt network guests join: defined (NAT, DHCP on `node_subnet`) and started
+    #: when missing; "user": QEMU's user-mode networking, where a guest reaches its host -
+    #: and the metadata service - at 10.0.2.2 (also the fallback where no network can be made).
+    node_network: str = "nebula"
+    node_subnet: str = "10.213.0.0/24"
+    #: How often the node looks for its guests' leased addresses (0: never).
+    node_address_interval: float = 3.0
     # --- images (API and node agent) ---------------------------------------------------
     #: Directories local image sources (a path or file:// URL) must lie under, separated by
     #: ':' or ','; empty: the state directory's images/ (where `nebula up` builds nebula-tiny).
@@ -101,7 +108,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     @property
     def meta_host_port(self) -> tuple[str, int]:
-        return _host_port(self.meta_listen)
+        """The first address the metadata service listens on."""
+        return self.meta_host_ports[0]
+
+    @property
+    def meta_host_ports(self) -> list[tuple[str, int]]:
+        """Every address the metadata service listens on (`meta_listen`: comma separated)."""
+        return [_host_port(part.strip()) for part in self.meta_listen.split(",") if part.strip()]
 
 
 def _host_port(listen: str) -> tuple[str, int]:

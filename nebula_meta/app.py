@@ -31,6 +31,7 @@ from nebula_core import nats_client
 from nebula_core.config import Settings
 from nebula_core.contract.commands import RecordBoot
 from nebula_core.contract.limits import META_BODY_MAX_BYTES
+from nebula_core.contract.node import guest_mac
 from nebula_core.messaging import publish_command
 from nebula_meta.model import Follower, Instances, Record, follow_events, follow_seeds
 
@@ -103,14 +104,15 @@ PREFIX = "/nocloud/{instance_id}/{token}/"
 @routes.get(PREFIX + "meta-data")
 async def meta_data(request: web.Request) -> web.Response:
     record = _authorised(request)
-    return _yaml(
-        {
-            "instance-id": str(record.instance_id),
-            "local-hostname": record.hostname,
-            "project-id": str(record.project_id),
-            "tags": dict(record.tags),
-        }
-    )
+    document: dict[str, object] = {
+        "instance-id": str(record.instance_id),
+        "local-hostname": record.hostname,
+        "project-id": str(record.project_id),
+        "tags": dict(record.tags),
+    }
+    if record.public_keys:  # cloud-init installs them for the image's default user
+        document["public-keys"] = list(record.public_keys)
+    return _yaml(document)
 
 
 @routes.get(PREFIX + "user-data")
@@ -125,14 +127,22 @@ async def user_data(request: web.Request) -> web.Response:
 
 @routes.get(PREFIX + "vendor-data")
 async def vendor_data(request: web.Request) -> web.Response:
-    _authorised(request)
-    return web.Response(body=b"", content_type="text/plain")
+    """A cloud-config making any stock cloud-init image phone home when it has finished,
+    to this instance's own URL here (as the guest reached it), so its boot is recorded.
+    A `phone_home` of the user's own user-data takes its place."""
+    record = _authorised(request)
+    token = request.match_info["token"]
+    url = f"{request.scheme}://{request.host}/nocloud/{record.instance_id}/{token}/phone-home"
+    config = {"phone_home": {"url": url, "post": ["instance_id"], "tries": 10}}
+    return web.Response(text="#cloud-config\n" + yaml.safe_dump(config, sort_keys=False), content_type="text/plain")
 
 
 @routes.get(PREFIX + "network-config")
 async def network_config(request: web.Request) -> web.Response:
-    _authorised(request)
-    return _yaml({"version": 2, "ethernets": {"nic0": {"match": {"name": "e*"}, "dhcp4": True}}})
+    """DHCP on the guest's one NIC, found by the MAC its node gives it (`guest_mac`)."""
+    record = _authorised(request)
+    nic = {"match": {"macaddress": guest_mac(record.instance_id)}, "dhcp4": True}
+    return _yaml({"version": 2, "ethernets": {"nic0": nic}})
 
 
 @routes.post(PREFIX + "phone-home")
@@ -220,8 +230,8 @@ def make_app(settings: Settings, *, rate: float = 10.0, burst: float = 30.0) -> 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     runner = web.AppRunner(make_app(settings), access_log=None)
     await runner.setup()
-    host, port = settings.meta_host_port
-    await web.TCPSite(runner, host, port).start()
+    for host, port in settings.meta_host_ports:  # loopback, and a managed network's bridge
+        await web.TCPSite(runner, host, port).start()
     try:
         await stop.wait()
     finally:

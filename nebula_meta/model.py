@@ -41,6 +41,7 @@ class Record:
     project_id: uuid.UUID
     tags: dict[str, str]
     user_data: bytes | None = None
+    public_keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -70,7 +71,12 @@ class Instances:
         by_id = self.by_id if by_id is None else by_id
         if isinstance(event, InstanceCreated):
             by_id[event.id] = Record(
-                event.id, event.metadata_token_hash, event.name, event.project_id, dict(event.tags)
+                event.id,
+                event.metadata_token_hash,
+                event.name,
+                event.project_id,
+                dict(event.tags),
+                public_keys=tuple(event.public_keys),
             )
         elif isinstance(event, InstanceUpdated) and event.id in by_id:
             record = by_id[event.id]

@@ -55,6 +55,7 @@ from nebula_core.contract.types import Overcommit, Resources
 from nebula_core.messaging import ControlClient, make_broker, reply_errors
 from nebula_node.heartbeat import Heartbeats
 from nebula_node.libvirt.driver import LibvirtDriver
+from nebula_node.network import HostGuard, NetworkPlan, guard_host
 from nebula_node.reports import InstanceLocks, Reporter
 
 log = logging.getLogger("nebula.node.agent")
@@ -194,7 +195,7 @@ class NodeAgent:
                 Path(settings.state_dir),
                 node_id=settings.node_id,
                 kvm=use_kvm,
-                network=settings.node_network or None,
+                network=NetworkPlan.of(settings),
                 image_sources=settings.image_sources,
             )
             self._owns_driver = True
@@ -217,6 +218,7 @@ class NodeAgent:
         self._nc: NATS | None = None
         self._js: JetStreamContext | None = None
         self._control: ControlClient | None = None
+        self._guard: HostGuard | None = None
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -234,6 +236,8 @@ class NodeAgent:
         self._reporter = Reporter(self._js, self.node_id, self.driver, self._locks)
         try:
             await self.driver.open()
+            if self._owns_driver:
+                self._guard = await asyncio.to_thread(guard_host, self.driver.network)
             self.driver.listen(self._reporter.on_event)
             if self._capacity is None:
                 self.capacity = node_capacity(await self.driver.capacity(), self.settings)
@@ -244,6 +248,8 @@ class NodeAgent:
             self._tasks.append(asyncio.create_task(heartbeats.run(), name=f"heartbeat-{self.node_id}"))
             reported = await self._reporter.reconcile(self.node.claims, reason="found when the node agent started")
             self._tasks.append(asyncio.create_task(self._sweep(), name=f"sweep-{self.node_id}"))
+            if self.driver.network.name is not None and self.settings.node_address_interval > 0:
+                self._tasks.append(asyncio.create_task(self._watch_addresses(), name=f"addresses-{self.node_id}"))
         except BaseException:
             await self.stop()
             raise
@@ -367,6 +373,16 @@ class NodeAgent:
         assert self._reporter is not None
         node = await self.refresh_node()
         return await self._reporter.reconcile(node.claims, reason=reason)
+
+    async def _watch_addresses(self) -> None:
+        """Report each running guest's leased addresses when they change."""
+        assert self._reporter is not None
+        while True:
+            await asyncio.sleep(self.settings.node_address_interval)
+            try:
+                await self._reporter.report_addresses(self.node.claims)
+            except Exception as err:
+                log.warning("node=%s cannot look at its guests' addresses: %s", self.node_id, err)
 
     async def _sweep(self) -> None:
         while True:

@@ -36,6 +36,7 @@ from nats.js import JetStreamContext
 from nebula_core.contract import subjects
 from nebula_core.contract.commands import ReportDomain
 from nebula_core.contract.node import DomainState, node_actor
+from nebula_core.contract.types import InstanceAddress
 from nebula_node.libvirt.driver import LibvirtDriver
 from nebula_node.libvirt.states import DomainEvent
 
@@ -89,6 +90,8 @@ class Reporter:
         self._settle = settle
         #: The state the control plane last learned from this agent, per instance.
         self.known: dict[uuid.UUID, DomainState] = {}
+        #: The addresses it last learned, per instance.
+        self.addresses: dict[uuid.UUID, tuple[InstanceAddress, ...]] = {}
         self._reasons: dict[uuid.UUID, str] = {}
         self._looks: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._closed = False
@@ -158,7 +161,34 @@ class Reporter:
                 del self.known[instance_id]  # deleted and released: nothing left to remember
         return reported
 
-    async def _report(self, instance_id: uuid.UUID, state: DomainState, reason: str) -> bool:
+    async def report_addresses(self, expected: Iterable[uuid.UUID]) -> int:
+        """Report the leased addresses of each running instance in `expected` (the node's
+        claims) that the control plane does not know; returns how many reports."""
+        reported = 0
+        for instance_id in sorted(expected):
+            if self._locks.busy(instance_id):
+                continue  # an operation is under way: the next look will do
+            async with self._locks.hold(instance_id):
+                state = await self._driver.status(instance_id)
+                if state != "running":
+                    continue
+                found = await self._driver.addresses(instance_id)
+                if found == self.addresses.get(instance_id, ()):
+                    continue
+                if await self._report(instance_id, state, "the guest's leases changed", addresses=found):
+                    reported += 1
+        for instance_id in set(self.addresses) - set(expected):
+            del self.addresses[instance_id]
+        return reported
+
+    async def _report(
+        self,
+        instance_id: uuid.UUID,
+        state: DomainState,
+        reason: str,
+        *,
+        addresses: tuple[InstanceAddress, ...] | None = None,
+    ) -> bool:
         if self._closed:
             return False
         command = ReportDomain(
@@ -169,6 +199,7 @@ class Reporter:
             node_id=self.node_id,
             state=state,
             reason=reason,
+            addresses=addresses,
         )
         try:
             await self._js.publish(
@@ -182,12 +213,15 @@ class Reporter:
             log.warning("instance=%s node=%s cannot report state=%s: %s", instance_id, self.node_id, state, err)
             return False
         self.known[instance_id] = state
+        if addresses is not None:
+            self.addresses[instance_id] = addresses
         log.info(
-            "instance=%s node=%s reported state=%s reason=%r command=%s",
+            "instance=%s node=%s reported state=%s reason=%r%s command=%s",
             instance_id,
             self.node_id,
             state,
             reason,
+            "" if addresses is None else f" addresses={[a.ipv4 for a in addresses]}",
             command.command_id,
         )
         return True

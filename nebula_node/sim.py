@@ -38,6 +38,7 @@ from nebula_node.agent import NodeAgent, node_overcommit
 from nebula_node.libvirt.domain_xml import KernelBoot
 from nebula_node.libvirt.driver import LibvirtDriver
 from nebula_node.libvirt.media import Media, disk_paths, media_errors
+from nebula_node.network import NetworkPlan
 
 log = logging.getLogger("nebula.node.sim")
 
@@ -125,9 +126,13 @@ def _write_once(path: Path, text: str) -> None:
         out.write(text)
 
 
-def simulated_driver(uri: str, state_dir: Path, *, node_id: str, fetch_delay: float = 0.0) -> LibvirtDriver:
+def simulated_driver(
+    uri: str, state_dir: Path, *, node_id: str, fetch_delay: float = 0.0, network: NetworkPlan | None = None
+) -> LibvirtDriver:
     """Node `node_id`'s driver on the test-driver host `uri`, its (named, never made) files
-    under `state_dir` as a real node's would be; TCG, since no guest runs anyway."""
+    under `state_dir` as a real node's would be; TCG, since no guest runs anyway. Guests
+    are on user-mode networking unless `network` plans a libvirt network (the test
+    driver's, which leases each NIC an address of its own invention)."""
     images_dir, instances_dir = Path(state_dir) / "images", Path(state_dir) / "instances"
     return LibvirtDriver(
         uri,
@@ -135,6 +140,7 @@ def simulated_driver(uri: str, state_dir: Path, *, node_id: str, fetch_delay: fl
         node_id=node_id,
         domain_type="qemu",
         disk_root=instances_dir,
+        network=network,
     )
 
 

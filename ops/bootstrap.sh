@@ -14,10 +14,14 @@ VENV="${NEBULA_VENV:-.venv}"
 PYTHON="${PYTHON:-python3}"
 
 # Debian packages: the Python toolchain for packages that compile, libvirt's
-# headers for libvirt-python, libvirtd + QEMU for compute nodes, and what the
-# nebula-tiny guest builder unpacks Debian's kernel and busybox with.
+# headers for libvirt-python, libvirtd + QEMU for compute nodes, the managed guest
+# network's dnsmasq (DHCP, DNS; dhcp_release to forget a deleted guest's lease),
+# iptables (libvirt's NAT, Nebula's host guard) and libvirt's nwfilters with ebtables
+# (clean-traffic: no spoofing), ssh for `nebula instance ssh`, and what the nebula-tiny
+# guest builder unpacks Debian's kernel and busybox with.
 DEBS="python3 python3-venv python3-dev gcc pkg-config libvirt-dev \
 libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 \
+dnsmasq-base dnsmasq-utils iptables ebtables libvirt-daemon-config-nwfilter openssh-client \
 qemu-utils busybox-static cpio kmod zstd xz-utils"
 # For the tests only: the libraries stock cloud-init runs on. cloud-init itself is
 # unpacked, never installed (an installed cloud-init would run at this host's next boot).

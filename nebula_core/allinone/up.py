@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -142,6 +143,16 @@ def libvirt_answers(uri: str, timeout: float = 10.0) -> str | None:
     return None if err is None else str(err).splitlines()[0]
 
 
+def _is_local(address: str) -> bool:
+    """Whether `address` is one of this host's (a socket can be bound to it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            return False
+    return True
+
+
 def cli_command() -> str:
     """How to type `nebula` here: its full path unless the one on PATH is this one."""
     mine = Path(sys.argv[0]).resolve()
@@ -168,6 +179,9 @@ class AllInOne:
         self.supervisor = Supervisor(self.state / "logs")
         self.postgres: Postgres | None = None
         self.nats: NatsServer | None = None
+        #: What the node's guests are plugged into (`_prepare_network`).
+        self.guests = "simulated (libvirt's test driver)"
+        self.meta_listen = settings.meta_listen
 
     def admin_token(self) -> str:
         """The bootstrap admin token: from configuration, else generated once and kept 0600."""
@@ -222,7 +236,8 @@ class AllInOne:
             Child("projector", [*nebula, "projector"], {**env("projector"), "NEBULA_PG_DSN": pg_dsn})
         )
         host, port = self.settings.meta_host_port
-        await self.supervisor.start(Child("meta", [*nebula, "meta"], env("meta")), ready=(host, port))
+        meta_env = {**env("meta"), "NEBULA_META_LISTEN": self.meta_listen}
+        await self.supervisor.start(Child("meta", [*nebula, "meta"], meta_env), ready=(host, port))
         host, port = self.settings.api_host_port
         api_env = {**env("api"), "NEBULA_PG_DSN": pg_dsn, "NEBULA_ADMIN_TOKEN": token}
         await self.supervisor.start(Child("api", [*nebula, "api"], api_env), ready=(host, port))
@@ -246,6 +261,29 @@ class AllInOne:
         log("  To run real VMs, start libvirtd (as root: ops/host/libvirt-up.sh) and run nebula up again.")
         log("  Meanwhile the node uses libvirt's test driver (--libvirt-uri test:///default): instances are simulated.")
         self.libvirt_uri = "test:///default"
+
+    def _prepare_network(self) -> None:
+        """The node's guest network, made now (the node agent finds it ready): on a managed
+        network the metadata service listens on the bridge's address too, where the guests
+        are told to find it."""
+        if not self.libvirt_uri.startswith("qemu"):
+            return
+        import libvirt
+
+        from nebula_node.network import NetworkPlan, prepare
+
+        conn = libvirt.open(self.libvirt_uri)
+        try:
+            network = prepare(conn, NetworkPlan.of(self.settings))
+        finally:
+            conn.close()
+        self.guests = network.summary
+        if network.gateway is not None and not self.settings.meta_url and _is_local(network.gateway):
+            port = self.settings.meta_host_port[1]
+            listens = {f"{h}:{p}" for h, p in self.settings.meta_host_ports}
+            if f"{network.gateway}:{port}" not in listens and f"0.0.0.0:{port}" not in listens:
+                self.meta_listen = f"{self.settings.meta_listen},{network.gateway}:{port}"
+        log(f"guests: {self.guests}")
 
     async def _provision(self, token: str) -> int:
         """Register nebula-tiny, and with --demo boot an instance; the demo's exit status."""
@@ -280,6 +318,7 @@ class AllInOne:
                 log(line)
             token = self.admin_token()
             await asyncio.to_thread(self._choose_libvirt)
+            await asyncio.to_thread(self._prepare_network)
             await self._start_roles(pg_dsn, token)
             provisioning = asyncio.create_task(self._provision(token))
             watchdog = asyncio.create_task(self._watch_postgres(pg_dsn))
@@ -340,11 +379,12 @@ class AllInOne:
                 [
                     "Nebula is up.",
                     f"  API:         http://{self.settings.api_listen}/v1  (logs: {self.state / 'logs'})",
-                    f"  metadata:    http://{self.settings.meta_listen}/nocloud/",
+                    f"  metadata:    {', '.join(f'http://{a}/nocloud/' for a in self.meta_listen.split(','))}",
                     f"  NATS:        {self._nats_line()}",
                     f"  Postgres:    {redacted_url(pg_dsn)}",
                     f"  state:       {self.state}",
                     f"  node:        {self.settings.node_id} on {self.libvirt_uri}",
+                    f"  guests:      {self.guests}",
                     f"  admin token: {self.admin_token_source()}",
                     "Try, in another shell (the CLI finds the API and this admin token by itself here):",
                     f"  export NEBULA_STATE_DIR={self.state}",

@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from nebula_core import nats_client
-from nebula_core.api import auth, events, images, instances, keys, nodes, projects, system, users
+from nebula_core.api import auth, events, images, instances, keypairs, keys, nodes, projects, system, users
 from nebula_core.api.errors import errors
 from nebula_core.api.idempotency import idempotency, purging
 from nebula_core.api.metrics import Metrics
@@ -25,7 +25,7 @@ from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
 from nebula_core.projections import database
 
-MODULES = (projects, users, images, instances, nodes, events, system)
+MODULES = (projects, users, images, keypairs, instances, nodes, events, system)
 
 #: A request's statements are short: one that is not (a hung Postgres, a long wait for a
 #: project's lock) ends in a 503 rather than holding the caller.

@@ -59,6 +59,11 @@ async def _instance(pool: asyncpg.Pool, instance_id: uuid.UUID) -> Any:
     return None if row is None else queries.instance_shape(row)
 
 
+async def _keypair(pool: asyncpg.Pool, keypair_id: uuid.UUID) -> Any:
+    row = await pool.fetchrow("SELECT * FROM keypairs WHERE id = $1 AND NOT deleted", keypair_id)
+    return None if row is None else queries.keypair_shape(row)
+
+
 @dataclass(frozen=True)
 class Create:
     """A create whose id `new_id` derives from the key: the kind of aggregate, how its
@@ -75,6 +80,7 @@ CREATES = {
     "/v1/users": Create("user", queries.user, 201),
     "/v1/images": Create("image", queries.image, 201),
     "/v1/instances": Create("instance", _instance, 202),
+    "/v1/keypairs": Create("keypair", _keypair, 201),
 }
 
 

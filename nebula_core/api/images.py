@@ -37,6 +37,7 @@ def _image_from_aggregate(image: Image) -> shapes.Image:
         sha256=image.sha256,
         size=image.size,
         min_disk_gb=image.min_disk_gb,
+        default_user=image.default_user,
         created_at=image.created_on,
     )
 
@@ -92,6 +93,7 @@ async def create_image(request: web.Request) -> web.Response:
         sha256=spec.sha256,
         size=spec.size,
         min_disk_gb=spec.min_disk_gb,
+        default_user=spec.default_user,
     )
     seq = await request.app[keys.WRITER].save(image, actor=who.key)
     view = await read_your_write(

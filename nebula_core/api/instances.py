@@ -18,6 +18,7 @@ from nebula_core.api import keys, queries
 from nebula_core.api.auth import principal, require_role
 from nebula_core.api.event_records import record
 from nebula_core.api.idempotency import new_id
+from nebula_core.api.keypairs import public_keys_of
 from nebula_core.api.project_lock import project_lock
 from nebula_core.api.resources import etag, if_match, path_uuid, read_your_write
 from nebula_core.api.routing import Operations, Query, body, respond
@@ -53,6 +54,7 @@ def _instance_from_aggregate(instance: Instance) -> shapes.Instance:
         created_at=instance.created_on,
         updated_at=instance.modified_on,
         booted_at=instance.booted_at,
+        addresses=list(instance.addresses),
         version=instance.version,
     )
 
@@ -128,6 +130,7 @@ async def _image_for(pool: asyncpg.Pool, spec: shapes.InstanceCreate) -> asyncpg
         "$.image": "names an image that exists (by name or id)",
         "$.disk_gb": "at least the image's `min_disk_gb`",
         "$.user_data": f"at most {USER_DATA_MAX_BYTES} bytes of UTF-8",
+        "$.keypairs": "names keypairs of the caller's own",
     },
 )
 async def create_instance(request: web.Request) -> web.Response:
@@ -139,6 +142,7 @@ async def create_instance(request: web.Request) -> web.Response:
     await require_role(request, spec.project_id, "member")
     pool, writer = request.app[keys.POOL], request.app[keys.WRITER]
     image = await _image_for(pool, spec)
+    public_keys = await public_keys_of(request, spec.keypairs)
     flavor = Resources(vcpus=spec.vcpus, ram_mb=spec.ram_mb, disk_gb=spec.disk_gb)
     instance_id = new_id(request, "instance")
     # One writer per project at a time (creators, a deletion), across API replicas: count,
@@ -161,6 +165,7 @@ async def create_instance(request: web.Request) -> web.Response:
             user_data_size=len(user_data),
             user_data_sha256=hashlib.sha256(user_data).hexdigest(),
             metadata_token_hash=hashlib.sha256(token.encode()).hexdigest(),
+            public_keys=public_keys,
         )
         seq = await writer.save(instance, actor=who.key)
         await writer.projected(seq, using=conn)

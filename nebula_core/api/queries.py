@@ -20,7 +20,7 @@ from nebula_core.api.auth import Principal
 from nebula_core.contract import http as shapes
 from nebula_core.contract.errors import Invalid
 from nebula_core.contract.kv import Heartbeat
-from nebula_core.contract.types import InstanceState, Quotas
+from nebula_core.contract.types import InstanceAddress, InstanceState, Quotas
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -219,6 +219,7 @@ def instance_shape(row: asyncpg.Record) -> shapes.Instance:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         booted_at=row["booted_at"],
+        addresses=msgspec.convert(row["addresses"], list[InstanceAddress]),
         version=row["version"],
     )
 
@@ -277,6 +278,7 @@ def image_shape(row: asyncpg.Record) -> shapes.Image:
         sha256=row["sha256"],
         size=row["size"],
         min_disk_gb=row["min_disk_gb"],
+        default_user=row["default_user"],
         created_at=row["created_at"],
     )
 
@@ -305,6 +307,41 @@ async def image_by_ref(pool: asyncpg.Pool, ref: str) -> asyncpg.Record | None:
         return await pool.fetchrow(
             f"{_IMAGES} WHERE g.name = $1 AND NOT g.deleted ORDER BY g.created_at DESC LIMIT 1", ref
         )
+
+
+# --- keypairs --------------------------------------------------------------------------
+
+_KEYPAIRS = "SELECT k.* FROM keypairs k"
+
+
+def keypair_shape(row: asyncpg.Record) -> shapes.Keypair:
+    """A row of `_KEYPAIRS` as the API shows it."""
+    return shapes.Keypair(
+        id=row["id"],
+        name=row["name"],
+        public_key=row["public_key"],
+        fingerprint=row["fingerprint"],
+        created_at=row["created_at"],
+    )
+
+
+async def keypair(pool: asyncpg.Pool, owner: str, keypair_id: uuid.UUID) -> shapes.Keypair | None:
+    """`owner`'s keypair (None: not theirs, deleted, or not projected yet)."""
+    row = await pool.fetchrow(f"{_KEYPAIRS} WHERE k.id = $1 AND k.owner = $2 AND NOT k.deleted", keypair_id, owner)
+    return None if row is None else keypair_shape(row)
+
+
+async def keypairs(pool: asyncpg.Pool, owner: str, query: Any) -> shapes.Page:
+    where = Where()
+    where.add("k.owner = {}", owner)
+    where.add("NOT k.deleted")
+    return await page_of(pool, _KEYPAIRS, where, query, "k", keypair_shape)
+
+
+async def keypairs_named(pool: asyncpg.Pool, owner: str, names: list[str]) -> dict[str, asyncpg.Record]:
+    """`owner`'s keypairs among `names`, by name."""
+    rows = await pool.fetch(f"{_KEYPAIRS} WHERE k.owner = $1 AND k.name = ANY($2) AND NOT k.deleted", owner, names)
+    return {row["name"]: row for row in rows}
 
 
 # --- users -----------------------------------------------------------------------------

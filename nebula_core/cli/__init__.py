@@ -7,11 +7,11 @@ from collections.abc import Callable
 
 import typer
 
-from nebula_core.cli import events, images, instances, nodes, projects, users
+from nebula_core.cli import events, images, instances, keypairs, nodes, projects, users
 
 
 def register(app: typer.Typer, *, node_agent: Callable[[], None] | None = None) -> None:
     """Add the users' command groups to `app`; `node_agent` is what `nebula node` alone runs."""
-    for using_the_cloud in (projects, users, images, instances, events):
+    for using_the_cloud in (projects, users, images, keypairs, instances, events):
         using_the_cloud.register(app)
     nodes.register(app, node_agent=node_agent)

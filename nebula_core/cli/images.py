@@ -61,6 +61,7 @@ def print_image(cli: Cli, image: shapes.Image) -> None:
             ("sha256", image.sha256),
             ("size", image.size),
             ("min_disk_gb", image.min_disk_gb),
+            ("default_user", image.default_user),
             ("created", image.created_at),
         ]
     )
@@ -85,6 +86,9 @@ async def create(
     ] = None,
     size: Annotated[int | None, typer.Option(help="Size in bytes (0: unknown).", show_default=False)] = None,
     min_disk: Annotated[int, typer.Option(help="Smallest disk, in GiB, an instance of it may have.")] = 0,
+    default_user: Annotated[
+        str, typer.Option(help="The user its cloud-init gives keypairs to (nebula instance ssh logs in as it).")
+    ] = "",
 ) -> None:
     """Register an image (cloud admins)."""
     if sha256 is None:
@@ -99,7 +103,13 @@ async def create(
             ) from None
         size = measured if size is None else size
     body = shapes.ImageCreate(
-        name=name, format=image_format, source=source, sha256=sha256, size=size or 0, min_disk_gb=min_disk
+        name=name,
+        format=image_format,
+        source=source,
+        sha256=sha256,
+        size=size or 0,
+        min_disk_gb=min_disk,
+        default_user=default_user,
     )
     print_image(cli, await cli.api.post("/v1/images", body, shapes.Image))
 

@@ -3,8 +3,11 @@ start/stop/reboot/delete (optionally waiting for the outcome), console, audit hi
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import uuid
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -78,12 +81,18 @@ async def print_instance(cli: Cli, instance: shapes.Instance) -> None:
             ("disk_gb", instance.disk_gb),
             ("image", f"{image} ({instance.image})" if image != str(instance.image) else image),
             ("node", instance.node_id),
+            ("addresses", addresses_text(instance)),
             ("created", instance.created_at),
             ("updated", instance.updated_at),
             ("booted", instance.booted_at),
             ("version", instance.version),
         ]
     )
+
+
+def addresses_text(instance: shapes.Instance) -> str:
+    """`10.213.0.12 (nebula, 52:54:00:…)`, one per address, comma separated."""
+    return ", ".join(f"{a.ipv4} ({a.network}, {a.mac})" for a in instance.addresses)
 
 
 async def finish(
@@ -143,6 +152,15 @@ async def create(
             show_default=False,
         ),
     ] = None,
+    keypair: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--keypair",
+            help="One of your keypairs (nebula keypair list), whose public key cloud-init installs for the "
+            "image's default user (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
     wait: WaitOption = False,
     booted: Annotated[
         bool,
@@ -170,6 +188,7 @@ async def create(
         disk_gb=disk,
         image=image,
         user_data=text,
+        keypairs=list(keypair or []),
         **({"region": region} if region is not None else {}),
     )
     headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
@@ -208,7 +227,7 @@ async def list_(
         return
     projects = {p.id: p.name for p in await cli.api.all("/v1/projects", shapes.Project)} if found else {}
     cli.out.table(
-        ["NAME", "ID", "STATE", "PROJECT", "REGION", "VCPUS", "RAM_MB", "DISK_GB", "NODE", "CREATED"],
+        ["NAME", "ID", "STATE", "PROJECT", "REGION", "VCPUS", "RAM_MB", "DISK_GB", "NODE", "IPV4", "CREATED"],
         [
             [
                 i.name,
@@ -220,6 +239,7 @@ async def list_(
                 i.ram_mb,
                 i.disk_gb,
                 i.node_id,
+                ",".join(a.ipv4 for a in i.addresses),
                 i.created_at,
             ]
             for i in found
@@ -317,6 +337,47 @@ async def console(
     if found.truncated:
         cli.out.note(f"(the last {size} bytes of the console of {instance} on {found.node_id})")
     cli.out.line(printable(found.data).rstrip("\n"))
+
+
+def ssh_argv(instance: shapes.Instance, user: str, identity: Path | None, extra: list[str]) -> list[str]:
+    """`ssh [-i key] user@<its first IPv4> [extra…]`; a usage error if it has no address."""
+    if not instance.addresses:
+        raise typer.BadParameter(
+            f"instance {instance.name} has no address (yet): it is {instance.state}"
+            + ("" if instance.state != "running" else "; its guest has not leased one"),
+            param_hint="INSTANCE",
+        )
+    if not user:
+        raise typer.BadParameter("its image names no default user: give --user", param_hint="--user")
+    argv = ["ssh"]
+    if identity is not None:
+        argv += ["-i", str(identity)]
+    return [*argv, f"{user}@{instance.addresses[0].ipv4}", *extra]
+
+
+@command(app, "ssh")
+async def ssh(
+    cli: Cli,
+    instance: InstanceArg,
+    project: ProjectOption = None,
+    user: Annotated[
+        str | None, typer.Option("--user", "-l", help="Log in as (default: the image's default user).")
+    ] = None,
+    identity: Annotated[
+        Path | None, typer.Option("--identity", "-i", help="Private key (e.g. ~/.ssh/nebula-<keypair>).")
+    ] = None,
+    command_: Annotated[
+        list[str] | None, typer.Argument(metavar="[-- COMMAND…]", help="A command to run there.", show_default=False)
+    ] = None,
+) -> None:
+    """ssh to an instance's address as its image's default user (ssh must be installed here)."""
+    instance_id = await _instance_id(cli, instance, project)
+    found = await cli.api.get(f"/v1/instances/{instance_id}", shapes.Instance)
+    login = user if user is not None else (await cli.api.get(f"/v1/images/{found.image}", shapes.Image)).default_user
+    argv = ssh_argv(found, login, identity, list(command_ or []))
+    if shutil.which("ssh") is None:
+        raise typer.BadParameter("ssh is not installed here (Debian: apt-get install openssh-client)")
+    os.execvp("ssh", argv)
 
 
 @command(app, "events")

@@ -13,6 +13,8 @@ from typing import Literal, Union
 
 import msgspec
 
+from nebula_core.contract.types import InstanceAddress
+
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     command_id: uuid.UUID
@@ -56,6 +58,8 @@ class ReportDomain(Command, frozen=True, tag="report"):
     node_id: str
     state: Literal["running", "paused", "shutoff", "crashed", "missing", "other"]
     reason: str = ""
+    #: The guest's leased addresses as the node sees them now; None: not part of this report.
+    addresses: tuple[InstanceAddress, ...] | None = None
 
 
 class RecordBoot(Command, frozen=True, tag="booted"):

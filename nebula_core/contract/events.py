@@ -21,6 +21,7 @@ import msgspec
 from nebula_core.contract.types import (
     Description,
     ImageFormat,
+    InstanceAddress,
     Overcommit,
     Quotas,
     Resources,
@@ -109,10 +110,28 @@ class ImageRegistered(Event, frozen=True, tag="image.registered"):
     sha256: str
     size: int
     min_disk_gb: int = 0
+    default_user: str = ""
 
 
 class ImageDeleted(Event, frozen=True, tag="image.deleted"):
     pass
+
+
+# --- keypair -------------------------------------------------------------------------
+
+
+class KeypairCreated(Event, frozen=True, tag="keypair.created"):
+    """An OpenSSH public key a user (`owner`: `user:<id>`, or the bootstrap `admin`) may
+    give their instances by `name`."""
+
+    owner: str
+    name: str
+    public_key: str
+    fingerprint: str
+
+
+class KeypairDeleted(Event, frozen=True, tag="keypair.deleted"):
+    """Instances created with it keep the key they were given."""
 
 
 # --- node ----------------------------------------------------------------------------
@@ -169,6 +188,8 @@ class InstanceCreated(Event, frozen=True, tag="instance.created"):
     user_data_size: int
     user_data_sha256: str
     metadata_token_hash: str
+    #: The OpenSSH public keys of the keypairs it was created with (meta-data `public-keys`).
+    public_keys: tuple[str, ...] = ()
 
 
 class InstanceUpdated(Event, frozen=True, tag="instance.updated"):
@@ -238,6 +259,13 @@ class InstanceBooted(Event, frozen=True, tag="instance.booted"):
     """The guest phoned home to the metadata service."""
 
     booted_at: datetime
+
+
+class InstanceAddressesChanged(Event, frozen=True, tag="instance.addresses_changed"):
+    """The instance's addresses, as its node sees its guest's leases, are now these (all
+    of them; empty: it has none)."""
+
+    addresses: tuple[InstanceAddress, ...]
 
 
 def _all_event_types() -> tuple[type[Event], ...]:

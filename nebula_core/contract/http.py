@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from nebula_core.contract.limits import CONSOLE_MAX_BYTES, USER_DATA_MAX_BYTES
-from nebula_core.contract.types import ImageFormat, InstanceState, Quotas, Role
+from nebula_core.contract.types import ImageFormat, InstanceAddress, InstanceState, Quotas, Role
 
 # Text fields hold no control character (C0, DEL, C1; a NUL could not reach Postgres nor
 # libvirt's XML) and no noncharacter; multi-line text may hold tabs and line breaks.
@@ -161,6 +161,15 @@ class ImageCreate(Body, kw_only=True):
     sha256: Sha256
     size: Annotated[int, msgspec.Meta(ge=0, le=1 << 44)] = 0
     min_disk_gb: Annotated[int, msgspec.Meta(ge=0, le=65536)] = 0
+    default_user: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=32,
+            pattern=r"^([a-z_][a-z0-9_-]*)?$",
+            description="The user its cloud-init installs keypairs for (e.g. `debian`): `nebula instance ssh` "
+            "logs in as it",
+        ),
+    ] = ""
 
 
 class Image(msgspec.Struct, kw_only=True):
@@ -177,6 +186,7 @@ class Image(msgspec.Struct, kw_only=True):
     sha256: str
     size: int
     min_disk_gb: int
+    default_user: str = ""
     created_at: datetime
 
 
@@ -194,6 +204,14 @@ class InstanceCreate(Body, kw_only=True):
     disk_gb: Annotated[int, msgspec.Meta(ge=1, le=65536)]
     image: ImageRef
     user_data: Annotated[str, msgspec.Meta(max_length=USER_DATA_MAX_BYTES)] = ""
+    keypairs: Annotated[
+        list[Name],
+        msgspec.Meta(
+            max_length=16,
+            description="Names of the caller's own keypairs: their public keys go into the instance's "
+            "meta-data (`public-keys`), which cloud-init installs for the image's default user",
+        ),
+    ] = []
 
 
 class Instance(msgspec.Struct, kw_only=True):
@@ -213,6 +231,8 @@ class Instance(msgspec.Struct, kw_only=True):
     created_at: datetime
     updated_at: datetime
     booted_at: datetime | None
+    #: The guest's leased addresses on its node's network (empty until it has one).
+    addresses: list[InstanceAddress] = []
     version: int
 
 
@@ -225,6 +245,35 @@ class Console(msgspec.Struct, kw_only=True):
     node_id: str
     data: str
     truncated: bool
+
+
+# --- keypairs -------------------------------------------------------------------------
+
+PublicKey = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=16384,
+        pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|"
+        r"sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\x00-\x1f\x7f]*)?$",
+        description="One OpenSSH public key line (`ssh-ed25519 AAAA… comment`), as in authorized_keys "
+        "(without options); its key must parse",
+    ),
+]
+
+
+class KeypairCreate(Body, kw_only=True):
+    name: Name
+    public_key: PublicKey
+
+
+class Keypair(msgspec.Struct, kw_only=True):
+    id: uuid.UUID
+    name: str
+    public_key: str
+    #: As `ssh-keygen -l` shows it: `SHA256:<base64 of the key blob's sha256>`.
+    fingerprint: str
+    created_at: datetime
 
 
 # --- nodes ---------------------------------------------------------------------------

@@ -9,6 +9,7 @@ a delete of a missing one succeeds), so the orchestrator may retry after a timeo
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Literal
 
@@ -61,9 +62,23 @@ class CreateRequest(msgspec.Struct, frozen=True, kw_only=True):
     ram_mb: int
     disk_gb: int
     image: ImageSpec
-    #: The NoCloud seed (`ds=nocloud-net;s=http://…/nocloud/<id>/<token>/`) for SMBIOS.
-    seed: str
+    #: The instance's token for the metadata service: the node puts the NoCloud seed
+    #: (`nocloud_seed`, with the metadata URL its guests can reach) in the SMBIOS serial.
+    metadata_token: str
     start: bool = True
+
+
+def guest_mac(instance_id: uuid.UUID) -> str:
+    """The instance's MAC: QEMU's 52:54:00 prefix and three bytes of its id's digest, the
+    same on every node (a rebuilt instance keeps it) and in the metadata service's
+    network-config."""
+    digest = hashlib.sha256(instance_id.bytes).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in digest[:3])
+
+
+def nocloud_seed(meta_url: str, instance_id: uuid.UUID, token: str) -> str:
+    """The NoCloud seed for SMBIOS: the `-net` form, a URL ending in `/` (DESIGN.md)."""
+    return f"ds=nocloud-net;s={meta_url.rstrip('/')}/nocloud/{instance_id}/{token}/"
 
 
 class InstanceRequest(msgspec.Struct, frozen=True, kw_only=True):

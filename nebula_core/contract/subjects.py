@@ -25,7 +25,7 @@ NODES_BUCKET = "nebula_nodes"
 USERDATA_BUCKET = "nebula_userdata"
 
 #: The aggregates whose events live on the event stream.
-AGGREGATES = ("project", "instance", "node", "image", "user")
+AGGREGATES = ("project", "instance", "node", "image", "user", "keypair")
 
 #: Verbs on the command stream, consumed by the orchestrators.
 COMMAND_VERBS = ("place", "start", "stop", "reboot", "delete", "evacuate", "report", "booted")

@@ -40,6 +40,15 @@ class Quotas(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     disk_gb: Annotated[int, msgspec.Meta(ge=0, le=1 << 30)] = 1_000
 
 
+class InstanceAddress(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One address of an instance: its NIC (`mac`) on a libvirt network, and the IPv4
+    address the guest leased there."""
+
+    network: str
+    mac: str
+    ipv4: str
+
+
 class Resources(msgspec.Struct, frozen=True, kw_only=True):
     """An amount of compute: a node's capacity, an allocation, an instance's flavour."""
 

@@ -7,12 +7,13 @@ from eventsourcing.domain import Aggregate
 
 from nebula_core.domain.image import Image
 from nebula_core.domain.instance import Instance
+from nebula_core.domain.keypair import Keypair
 from nebula_core.domain.node import Node
 from nebula_core.domain.project import Project
 from nebula_core.domain.user import User
 
 #: Every aggregate class whose events the event store reads and writes.
-AGGREGATES = (Project, User, Image, Node, Instance)
+AGGREGATES = (Project, User, Image, Node, Instance, Keypair)
 
 #: The name of each aggregate's first event (a class eventsourcing makes from its `@event`).
 _CREATED: dict[type[Aggregate], str] = {
@@ -21,6 +22,7 @@ _CREATED: dict[type[Aggregate], str] = {
     Image: "Registered",
     Node: "Registered",
     Instance: "Created",
+    Keypair: "Created",
 }
 
 A = TypeVar("A", bound=Aggregate)

@@ -20,7 +20,14 @@ class Image(Aggregate):
 
     @event("Registered")
     def __init__(
-        self, name: str, format: ImageFormat, source: str, sha256: str, size: int, min_disk_gb: int = 0
+        self,
+        name: str,
+        format: ImageFormat,
+        source: str,
+        sha256: str,
+        size: int,
+        min_disk_gb: int = 0,
+        default_user: str = "",
     ) -> None:
         self.name = name
         self.format = format
@@ -28,6 +35,7 @@ class Image(Aggregate):
         self.sha256 = sha256
         self.size = size
         self.min_disk_gb = min_disk_gb
+        self.default_user = default_user
         self.deleted = False
 
     def delete(self) -> None:

@@ -22,7 +22,7 @@ from eventsourcing.domain import Aggregate, event
 
 from nebula_core.contract import events as ev
 from nebula_core.contract.errors import IllegalTransition
-from nebula_core.contract.types import InstanceState, Resources
+from nebula_core.contract.types import InstanceAddress, InstanceState, Resources
 from nebula_core.domain.states import LIVE, PLACED, state_after
 
 
@@ -47,6 +47,7 @@ class Instance(Aggregate):
         user_data_size: int,
         user_data_sha256: str,
         metadata_token_hash: str,
+        public_keys: tuple[str, ...] = (),
     ) -> None:
         self.project_id = project_id
         self.owner_id = owner_id
@@ -59,6 +60,7 @@ class Instance(Aggregate):
         self.user_data_size = user_data_size
         self.user_data_sha256 = user_data_sha256
         self.metadata_token_hash = metadata_token_hash
+        self.public_keys = tuple(public_keys)
         self.state: InstanceState = state_after(ev.InstanceCreated)
         self.node_id: str | None = None
         self.error = ""
@@ -66,6 +68,7 @@ class Instance(Aggregate):
         #: Its domain was last known off (stopped, as asked or on its own): an evacuation
         #: rebuilds it off too, rather than booting what its owner had shut down.
         self.powered_off = False
+        self.addresses: tuple[InstanceAddress, ...] = ()
 
     def _already(self, event_type: type[ev.Event]) -> bool:
         """Whether the instance is already in the state `event_type` leads to: a repeated
@@ -222,6 +225,7 @@ class Instance(Aggregate):
     @event("Rescheduled")
     def _rescheduled(self, from_node_id: str, reason: str) -> None:
         self.state, self.node_id, self.error = state_after(ev.InstanceRescheduled), None, ""
+        self.addresses = ()  # they were the dead node's
 
     def boot(self, booted_at: datetime) -> None:
         """The guest phoned home; recorded once per instance."""
@@ -233,3 +237,14 @@ class Instance(Aggregate):
     @event("Booted")
     def _booted(self, booted_at: datetime) -> None:
         self.booted_at = booted_at
+
+    def readdress(self, addresses: tuple[InstanceAddress, ...]) -> None:
+        """Its node sees these addresses now; recorded when they differ from the last."""
+        if tuple(addresses) == self.addresses:
+            return
+        self._require("change the addresses of", *PLACED)
+        self._addresses_changed(tuple(addresses))
+
+    @event("AddressesChanged")
+    def _addresses_changed(self, addresses: tuple[InstanceAddress, ...]) -> None:
+        self.addresses = tuple(addresses)

@@ -35,6 +35,7 @@ STATE_AFTER: Mapping[type[ev.Event], InstanceState | None] = MappingProxyType(
         ev.InstanceLost: "unknown",
         ev.InstanceRescheduled: "pending",
         ev.InstanceBooted: None,
+        ev.InstanceAddressesChanged: None,
     }
 )
 

@@ -55,11 +55,6 @@ ACTOR = "system:orchestrator"
 PLACEMENT_ROUNDS = 8
 
 
-def seed_url(meta_url: str, instance_id: uuid.UUID, token: str) -> str:
-    """The NoCloud seed for SMBIOS: the `-net` form, a URL ending in `/` (DESIGN.md)."""
-    return f"ds=nocloud-net;s={meta_url.rstrip('/')}/nocloud/{instance_id}/{token}/"
-
-
 class Lifecycle:
     def __init__(
         self, settings: Settings, store: EventStore, js: JetStreamContext, fleet: Fleet, nodes: NodeClient
@@ -211,7 +206,7 @@ class Lifecycle:
                 sha256=image.sha256,
                 size=image.size,
             ),
-            seed=seed_url(self._settings.meta_url, instance.id, seed.metadata_token),
+            metadata_token=seed.metadata_token,
             start=not instance.powered_off,
         )
 
@@ -346,6 +341,14 @@ class Lifecycle:
                 return
             if seen == "missing":
                 await self.release(reporter, instance.id)
+        if command.addresses is not None and seen != "missing":
+            addresses = command.addresses
+            try:
+                await self.change(
+                    Instance, instance.id, lambda i: i.readdress(addresses) if i.node_id == reporter else None
+                )
+            except IllegalTransition as err:
+                log.info("instance=%s node=%s addresses ignored: %s", instance.id, reporter, err)
 
 
 def report_outcome(

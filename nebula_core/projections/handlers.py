@@ -13,15 +13,22 @@ from typing import Any, cast
 import asyncpg
 
 from nebula_core.contract.events import Event
-from nebula_core.projections import images, instances, nodes, projects, users
+from nebula_core.projections import images, instances, keypairs, nodes, projects, users
 
 Handler = Callable[[asyncpg.Connection, Any, int], Awaitable[None]]
 
 #: msgspec's struct classes are typed by their metaclass, hence the one cast.
 HANDLERS = cast(
     "dict[type[Event], Handler]",
-    {**projects.HANDLERS, **users.HANDLERS, **images.HANDLERS, **nodes.HANDLERS, **instances.HANDLERS},
+    {
+        **projects.HANDLERS,
+        **users.HANDLERS,
+        **images.HANDLERS,
+        **nodes.HANDLERS,
+        **instances.HANDLERS,
+        **keypairs.HANDLERS,
+    },
 )
 
 #: The tables `nebula replay` empties and rebuilds, children first.
-TABLES = ("memberships", "node_claims", "instances", "nodes", "images", "users", "projects")
+TABLES = ("memberships", "node_claims", "instances", "nodes", "images", "keypairs", "users", "projects")

@@ -9,8 +9,9 @@ from nebula_core.contract import events as ev
 
 async def registered(conn: asyncpg.Connection, e: ev.ImageRegistered, seq: int) -> None:
     await conn.execute(
-        """INSERT INTO images (id, name, format, source, sha256, size, min_disk_gb, created_at, version, last_seq)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)""",
+        """INSERT INTO images (id, name, format, source, sha256, size, min_disk_gb, created_at, version, last_seq,
+                                default_user)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
         e.id,
         e.name,
         e.format,
@@ -21,6 +22,7 @@ async def registered(conn: asyncpg.Connection, e: ev.ImageRegistered, seq: int) 
         e.at,
         e.version,
         seq,
+        e.default_user,
     )
 
 

@@ -87,11 +87,15 @@ async def lost(conn: asyncpg.Connection, e: ev.InstanceLost, seq: int) -> None:
 
 
 async def rescheduled(conn: asyncpg.Connection, e: ev.InstanceRescheduled, seq: int) -> None:
-    await _set(conn, e, seq, node_id=None, error="")
+    await _set(conn, e, seq, node_id=None, error="", addresses=[])
 
 
 async def booted(conn: asyncpg.Connection, e: ev.InstanceBooted, seq: int) -> None:
     await _set(conn, e, seq, booted_at=e.booted_at)
+
+
+async def addresses_changed(conn: asyncpg.Connection, e: ev.InstanceAddressesChanged, seq: int) -> None:
+    await _set(conn, e, seq, addresses=list(e.addresses))
 
 
 #: Every instance event of the state table; those with more to record than the state have
@@ -105,4 +109,5 @@ HANDLERS: dict[type[ev.Event], Callable[..., Awaitable[None]]] = {
     ev.InstanceLost: lost,
     ev.InstanceRescheduled: rescheduled,
     ev.InstanceBooted: booted,
+    ev.InstanceAddressesChanged: addresses_changed,
 }

@@ -368,13 +368,16 @@ class GuestDisk(GuestDevice):
 @dataclass(frozen=True, kw_only=True)
 class GuestInterface(GuestDevice):
     """``<interface>``: QEMU user-mode networking, or a port on libvirt network
-    `source_network`. Without a `mac`, libvirt generates one."""
+    `source_network`. Without a `mac`, libvirt generates one. `nic_filter` names the
+    nwfilter on the port (``<filterref>``), with `filter_ip` as its ``IP`` parameter."""
 
     TAG = "interface"
     type: Literal["user", "network"] = "user"
     source_network: str | None = None
     model: str = "virtio"
     mac: str | None = None
+    nic_filter: str | None = None
+    filter_ip: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -390,16 +393,23 @@ class GuestInterface(GuestDevice):
         if self.source_network is not None:
             _sub(el, "source", network=self.source_network)
         _sub(el, "model", type=self.model)
+        if self.nic_filter is not None:
+            ref = _sub(el, "filterref", filter=self.nic_filter)
+            if self.filter_ip is not None:
+                _sub(ref, "parameter", name="IP", value=self.filter_ip)
         return el
 
     @classmethod
     def _parse(cls, el: ET.Element) -> Self:
-        mac, source = el.find("mac"), el.find("source")
+        mac, source, ref = el.find("mac"), el.find("source"), el.find("filterref")
+        ip = None if ref is None else ref.find("parameter[@name='IP']")
         return cls(
             type=_attr(el, "type"),  # type: ignore[arg-type]
             source_network=None if source is None else _attr(source, "network"),
             model=_attr(_find(el, "model"), "type"),
             mac=None if mac is None else _attr(mac, "address"),
+            nic_filter=None if ref is None else _attr(ref, "filter"),
+            filter_ip=None if ip is None else _attr(ip, "value"),
         )
 
 
@@ -653,7 +663,8 @@ class GuestSpec:
     """What the node agent knows about a guest; `build_domain` turns it into XML objects.
 
     `kernel` None boots the first disk. `network` None gives QEMU user-mode networking,
-    else a port on that libvirt network. `seed` is the NoCloud seed
+    else a port on that libvirt network, with nwfilter `nic_filter` holding it to its fixed
+    `address`. `seed` is the NoCloud seed
     (``ds=nocloud-net;s=http://<meta>:8775/nocloud/<id>/<token>/``) put in the SMBIOS
     system serial. `console_log` is the file the serial console is copied to.
     """
@@ -670,6 +681,8 @@ class GuestSpec:
     disks: tuple[AttachedDisk, ...] = ()
     network: str | None = None
     mac: str | None = None
+    nic_filter: str | None = None
+    address: str | None = None
     seed: str | None = None
     console_log: str | None = None
     owner_node: str = ""
@@ -711,7 +724,15 @@ def build_domain(spec: GuestSpec) -> GuestDomain:
     if spec.network is None:
         devices.append(GuestInterface(mac=spec.mac))
     else:
-        devices.append(GuestInterface(type="network", source_network=spec.network, mac=spec.mac))
+        devices.append(
+            GuestInterface(
+                type="network",
+                source_network=spec.network,
+                mac=spec.mac,
+                nic_filter=spec.nic_filter,
+                filter_ip=spec.address if spec.nic_filter else None,
+            )
+        )
     devices += [GuestSerial(log_file=spec.console_log), GuestConsole()]
     if spec.memballoon:
         devices.append(GuestMemballoon())

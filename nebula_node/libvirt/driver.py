@@ -36,8 +36,8 @@ import libvirt
 
 from nebula_core.contract.errors import Conflict, NodeUnavailable, NotFound
 from nebula_core.contract.image_sources import ImageSources
-from nebula_core.contract.node import CreateRequest, DomainState
-from nebula_core.contract.types import Resources
+from nebula_core.contract.node import CreateRequest, DomainState, guest_mac, nocloud_seed
+from nebula_core.contract.types import InstanceAddress, Resources
 from nebula_node import disks, images
 from nebula_node.libvirt.domain_xml import (
     NEBULA_XMLNS,
@@ -55,6 +55,8 @@ from nebula_node.libvirt.errors import HypervisorError
 from nebula_node.libvirt.kvm import choose_domain_type
 from nebula_node.libvirt.media import GuestMedia, LocalMedia, Media
 from nebula_node.libvirt.states import DomainEvent, describe_event, domain_state, instance_of
+from nebula_node.network import GuestNetwork, NetworkPlan, Reservations, user_mode
+from nebula_node.network import prepare as prepare_network
 
 log = logging.getLogger("nebula.node.driver")
 
@@ -125,8 +127,10 @@ def _run_event_loop() -> None:
 
 
 class LibvirtDriver:
-    """One node's libvirt, as idempotent async operations on Nebula domains. Guests get
-    QEMU's user-mode networking, or a port on libvirt network `network` when it is named."""
+    """One node's libvirt, as idempotent async operations on Nebula domains. Guests join
+    the network `network` plans (see `nebula_node.network`), prepared when the driver
+    opens: a port with a fixed address on a libvirt network, or QEMU's user-mode networking
+    (also without a plan)."""
 
     def __init__(
         self,
@@ -136,12 +140,15 @@ class LibvirtDriver:
         node_id: str,
         domain_type: DomainType = "qemu",
         disk_root: Path,
-        network: str | None = None,
+        network: NetworkPlan | None = None,
     ) -> None:
         self.uri = uri
         self.node_id = node_id
         self.domain_type = domain_type
-        self.network = network
+        self._plan = network or NetworkPlan()
+        #: Where the guests are plugged in: known once the driver has opened.
+        self.network: GuestNetwork = user_mode(self._plan, "not prepared yet")
+        self._reservations: Reservations | None = None
         self._media = media
         self._disk_root = Path(disk_root)
         #: Written into every domain this driver defines; the only domains it ever touches.
@@ -160,7 +167,7 @@ class LibvirtDriver:
         *,
         node_id: str,
         kvm: bool = False,
-        network: str | None = None,
+        network: NetworkPlan | None = None,
         image_sources: ImageSources | None = None,
     ) -> LibvirtDriver:
         """Node `node_id`'s driver, keeping images and disks under `state_dir` (see
@@ -179,10 +186,12 @@ class LibvirtDriver:
     # --- connection --------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Connect now (later calls reconnect by themselves); `NodeUnavailable` if libvirt
-        cannot be reached."""
+        """Connect now (later calls reconnect by themselves) and prepare the guests'
+        network; `NodeUnavailable` if libvirt cannot be reached."""
         self._loop = asyncio.get_running_loop()
-        await self._run(lambda conn: None)
+        self.network = await self._run(lambda conn: prepare_network(conn, self._plan))
+        self._reservations = Reservations(self.network) if self.network.dhcp_range else None
+        log.info("node=%s guests: %s", self.node_id, self.network.summary)
 
     def listen(self, listener: Callable[[DomainEvent], None] | None) -> None:
         """Call `listener` (on the asyncio loop that opened the driver) for every lifecycle
@@ -297,7 +306,8 @@ class LibvirtDriver:
         did. One that exists with another spec raises `Conflict` and is left untouched.
         """
         media = await self._media.prepare(req)
-        wanted = build_domain(self._guest_spec(req, media))
+        address = await self._reserve(req.instance_id)
+        wanted = build_domain(self._guest_spec(req, media, address))
         existing = await self._lifecycle_call(lambda conn: self._inactive_xml(conn, req.instance_id))
         if existing is not None:
             try:
@@ -317,7 +327,14 @@ class LibvirtDriver:
             return await self.start(req.instance_id)
         return await self.status(req.instance_id)
 
-    def _guest_spec(self, req: CreateRequest, media: Media) -> GuestSpec:
+    async def _reserve(self, instance_id: uuid.UUID) -> str | None:
+        """The instance's fixed address on the managed network (None: user mode)."""
+        reservations = self._reservations
+        if reservations is None:
+            return None
+        return await self._lifecycle_call(lambda conn: reservations.reserve(conn, guest_mac(instance_id)))
+
+    def _guest_spec(self, req: CreateRequest, media: Media, address: str | None) -> GuestSpec:
         return GuestSpec(
             instance_id=req.instance_id,
             project_id=req.project_id,
@@ -329,8 +346,11 @@ class LibvirtDriver:
             domain_type=self.domain_type,
             kernel=media.kernel,
             disks=media.disks,
-            network=self.network,
-            seed=req.seed,
+            network=self.network.name,
+            mac=guest_mac(req.instance_id),
+            nic_filter=self.network.nic_filter if address else None,
+            address=address,
+            seed=nocloud_seed(self.network.meta_url, req.instance_id, req.metadata_token),
             console_log=str(self._media.console_log(req.instance_id)),
             owner_node=self.owner[0],
             owner_home=self.owner[1],
@@ -411,9 +431,35 @@ class LibvirtDriver:
                 _tolerate(libvirt.VIR_ERR_NO_DOMAIN, dom.undefine)  # a driver refusing the flags
 
         await self._lifecycle_call(delete)
+        reservations = self._reservations
+        if reservations is not None:
+            await self._lifecycle_call(lambda conn: reservations.release(conn, guest_mac(instance_id)))
         await self._media.remove(instance_id)
         log.info("instance=%s deleted with its disks", instance_id)
         return "missing"
+
+    async def addresses(self, instance_id: uuid.UUID) -> tuple[InstanceAddress, ...]:
+        """The IPv4 addresses the running domain's NICs leased on the node's network, as
+        libvirt knows them (its DHCP leases); empty when it has none (yet), is not running
+        or is on user-mode networking."""
+        network = self.network.name
+        if network is None:
+            return ()
+
+        def leased(conn: libvirt.virConnect) -> tuple[InstanceAddress, ...]:
+            dom = self._lookup(conn, instance_id)
+            if dom is None or not dom.isActive():
+                return ()
+            found = dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0) or {}
+            addresses = [
+                InstanceAddress(network=network, mac=str(nic.get("hwaddr", "")).lower(), ipv4=str(addr["addr"]))
+                for nic in found.values()
+                for addr in nic.get("addrs") or ()
+                if addr.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4
+            ]
+            return tuple(sorted(addresses, key=lambda a: (a.mac, a.ipv4)))
+
+        return await self._lifecycle_call(leased)
 
     async def console(self, instance_id: uuid.UUID, max_bytes: int) -> tuple[str, bool]:
         """The last `max_bytes` of the serial console log and whether it was cut.

@@ -204,4 +204,13 @@ done
 # than during the first guest's start.
 virsh -c "$URI" domcapabilities --virttype qemu --arch x86_64 >/dev/null 2>&1 ||
     die "libvirtd answers but cannot drive qemu-system-x86_64 (see $LOG)"
+# libvirt loads its nwfilters (clean-traffic, ...) from /etc/libvirt/nwfilter when it
+# starts: those installed while it ran are defined now.
+if [ -f /etc/libvirt/nwfilter/clean-traffic.xml ] &&
+   ! virsh -c "$URI" nwfilter-list 2>/dev/null | grep -qw clean-traffic; then
+    for _ in 1 2; do  # twice: a filter may refer to one defined after it
+        for f in /etc/libvirt/nwfilter/*.xml; do virsh -c "$URI" nwfilter-define "$f" >/dev/null 2>&1 || true; done
+    done
+    say "defined libvirt's nwfilters from /etc/libvirt/nwfilter"
+fi
 echo "libvirt-up: $URI ready, $(virsh -c "$URI" version 2>/dev/null | sed -n 's/^Running hypervisor: //p'), QEMU runs as $QEMU_USER"

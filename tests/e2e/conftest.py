@@ -223,8 +223,16 @@ def nats_node_ids(e2e_node_id: str) -> tuple[str, ...]:  # type: ignore[override
 
 
 @pytest.fixture
+def guest_network() -> str:
+    """The node's NEBULA_NODE_NETWORK: QEMU's user-mode networking, where the guest probes
+    reach the host at 10.0.2.2 (a module testing the managed network overrides it)."""
+    return "user"
+
+
+@pytest.fixture
 async def nebula(
     e2e_node_id: str,
+    guest_network: str,
     cloud: Cloud,
     meta: Meta,
     host: Host,
@@ -252,6 +260,7 @@ async def nebula(
         state_dir=str(host.state_dir),
         image_roots=cloud.settings.image_roots,
         meta_url=meta.guest_url,
+        node_network=guest_network,
         # Creating a domain and booting it under TCG takes seconds, not milliseconds.
         node_timeout=60.0,
         node_retries=2,

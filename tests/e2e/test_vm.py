@@ -24,8 +24,8 @@ import pytest
 from nebula_core.contract import subjects
 from nebula_core.contract.kv import InstanceSeed
 from nebula_core.contract.node import CreateRequest, ImageSpec
-from nebula_core.orchestrator.lifecycle import seed_url
 from nebula_node.libvirt.driver import LibvirtDriver
+from nebula_node.network import NetworkPlan
 from tests.e2e.conftest import GUEST_HOST_ADDR, URI, Host, Leftovers, Meta, Nebula
 from tests.integration.conftest import Client, Cloud
 from tests.support import eventually
@@ -334,7 +334,11 @@ async def test_a_vm_whose_seed_carries_a_wrong_token_gets_nothing(
 
     # A guest booted by the node's own driver with that token in its seed asks, and gets 404s.
     driver = LibvirtDriver.for_node(
-        URI, host.state_dir, node_id="e2e-wrong-token", image_sources=cloud.settings.image_sources
+        URI,
+        host.state_dir,
+        node_id="e2e-wrong-token",
+        image_sources=cloud.settings.image_sources,
+        network=NetworkPlan(meta_url=meta.guest_url),
     )
     await driver.open()
     leftovers.add(instance_id)
@@ -355,7 +359,7 @@ async def test_a_vm_whose_seed_carries_a_wrong_token_gets_nothing(
             ram_mb=256,
             disk_gb=1,
             image=image,
-            seed=seed_url(meta.guest_url, uuid.UUID(instance_id), wrong),
+            metadata_token=wrong,
         )
         before = len(meta.answered)
         assert await driver.create(request) == "running"

@@ -43,7 +43,13 @@ def test_each_operation_lists_the_refusals_it_may_answer() -> None:
 
 def test_what_no_schema_can_say_is_listed_with_the_422() -> None:
     refusal = _operation("post", "/v1/instances")["responses"]["422"]
-    assert set(refusal["x-also-checked"]) == {"$.image", "$.disk_gb", "$.user_data", "header:Idempotency-Key"}
+    assert set(refusal["x-also-checked"]) == {
+        "$.image",
+        "$.disk_gb",
+        "$.user_data",
+        "$.keypairs",
+        "header:Idempotency-Key",
+    }
     assert "`$.image`: names an image that exists" in refusal["description"]
     assert set(_operation("get", "/v1/images")["responses"]["422"]["x-also-checked"]) == {"query:cursor"}
 

@@ -58,7 +58,7 @@ async def _running(cloud: Cloud, nc: NATS, instance_id: str) -> None:
         ram_mb=256,
         disk_gb=1,
         image=image,
-        seed="ds=nocloud-net;s=http://10.0.2.2:8775/nocloud/x/token/",
+        metadata_token="token",
     )
     await NodeClient(nc, timeout=10).call(NODE, "create", create)
     instance.schedule(NODE)

@@ -28,6 +28,10 @@ print(
             else source.userdata_raw,
             "instance_id": source.get_instance_id() if found else None,
             "hostname": source.metadata.get("local-hostname") if found else None,
+            "vendordata_raw": source.vendordata_raw.decode()
+            if isinstance(source.vendordata_raw, bytes)
+            else source.vendordata_raw,
+            "network_config": source._network_config if found else None,
         }
     )
 )

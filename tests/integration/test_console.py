@@ -88,7 +88,7 @@ async def test_the_console_is_the_tail_the_node_reads(cloud: Cloud, node: NodeAg
         ram_mb=256,
         disk_gb=1,
         image=image,
-        seed="ds=nocloud-net;s=http://10.0.2.2:8775/nocloud/x/token/",
+        metadata_token="token",
     )
     await NodeClient(nc, timeout=10).call(NODE, "create", create)
 

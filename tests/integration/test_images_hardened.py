@@ -239,7 +239,7 @@ def create_request(source: Path | str, data: bytes, image_format: str = "qcow2")
         ram_mb=256,
         disk_gb=1,
         image=image,
-        seed="ds=nocloud-net;s=http://10.0.2.2:8775/nocloud/x/y/",
+        metadata_token="y",
     )
 
 

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from nebula_core.contract import subjects
 from nebula_core.contract.kv import InstanceSeed
+from nebula_core.contract.node import guest_mac
 from nebula_core.orchestrator.service import Orchestrator
 from nebula_meta.app import make_app
 from tests.integration.conftest import Cloud
@@ -69,8 +70,14 @@ async def test_a_vm_gets_its_nocloud_data(cloud: Cloud, meta: str) -> None:
     assert document["instance-id"] == instance_id and document["local-hostname"] == "web-7"
     assert document["tags"] == {"tier": "web"}
     assert status == 200 and user_data == USER_DATA.encode()  # exactly the bytes given
-    assert vendor[0] == 200
-    assert yaml.safe_load(network) == {"version": 2, "ethernets": {"nic0": {"match": {"name": "e*"}, "dhcp4": True}}}
+    # Vendor-data: any stock cloud-init phones home to this instance's own URL when done.
+    assert vendor[0] == 200 and vendor[1].startswith(b"#cloud-config\n")
+    assert yaml.safe_load(vendor[1]) == {
+        "phone_home": {"url": seed + "phone-home", "post": ["instance_id"], "tries": 10}
+    }
+    # Network-config: DHCP on the NIC with the MAC the node gives this instance.
+    nic = {"match": {"macaddress": guest_mac(uuid.UUID(instance_id))}, "dhcp4": True}
+    assert yaml.safe_load(network) == {"version": 2, "ethernets": {"nic0": nic}}
 
 
 async def test_wrong_token_unknown_and_deleted_instances_look_alike(cloud: Cloud, meta: str) -> None:
@@ -252,3 +259,8 @@ async def test_stock_cloud_init_finds_and_reads_its_seed(cloud: Cloud, meta: str
     assert got["found"] is True
     assert got["instance_id"] == instance_id and got["hostname"] == "ci-guest"
     assert got["userdata_raw"] == USER_DATA
+    # The vendor-data cloud-init will merge: phone home to this instance's own URL.
+    assert yaml.safe_load(got["vendordata_raw"])["phone_home"]["url"] == seed + "phone-home"
+    # cloud-init 22.4 reads network-config from local seeds only, not over HTTP: the guest
+    # falls back to DHCP on its first NIC, which is what the served one says too.
+    assert got["network_config"] is None

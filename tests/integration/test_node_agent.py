@@ -68,7 +68,7 @@ def create_request(instance_id: uuid.UUID | None = None, **changes: object) -> C
         ram_mb=FLAVOUR.ram_mb,
         disk_gb=FLAVOUR.disk_gb,
         image=IMAGE,
-        seed="ds=nocloud-net;s=http://10.0.2.2:8775/nocloud/x/token/",
+        metadata_token="token",
     )
     return msgspec.structs.replace(req, **changes)
 

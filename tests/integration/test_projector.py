@@ -13,8 +13,8 @@ from nats.js import JetStreamContext
 
 from nebula_core.contract.events import ProjectMemberSet
 from nebula_core.contract.events import decode_known as decode
-from nebula_core.contract.types import Overcommit, Quotas, Resources
-from nebula_core.domain import AGGREGATES, Image, Instance, Node, Project, User
+from nebula_core.contract.types import InstanceAddress, Overcommit, Quotas, Resources
+from nebula_core.domain import AGGREGATES, Image, Instance, Keypair, Node, Project, User
 from nebula_core.domain.codec import Codec
 from nebula_core.eventstore import EventStore
 from nebula_core.projections.checkpoint import checkpoint
@@ -45,6 +45,7 @@ ROW_OF = {
     Image: ("images", "id"),
     Node: ("nodes", "aggregate_id"),
     Instance: ("instances", "id"),
+    Keypair: ("keypairs", "id"),
 }
 KEY_OF = dict(ROW_OF.values())
 
@@ -100,7 +101,8 @@ async def seed_everything(store: EventStore, copies: int = 1, *, tag: str = "") 
     every event type: users (one token rotated, one disabled and enabled again, one deleted),
     images (one deleted), projects with members added, re-roled and removed (one project
     deleted), nodes re-registered, marked down and up, with claims made, resized and
-    released, and instances through every transition of their lifecycle. 69 events per copy."""
+    released, instances through every transition of their lifecycle, and keypairs (one
+    deleted). 73 events per copy."""
     rec = Recorder(store)
     flavor = Resources(vcpus=1, ram_mb=512, disk_gb=2)
     big = Resources(vcpus=2, ram_mb=1024, disk_gb=4)
@@ -199,6 +201,7 @@ async def seed_everything(store: EventStore, copies: int = 1, *, tag: str = "") 
         for vm, node in ((web, n1), (db, n1), (doomed, n1), (idle, n1), (evac, n2)):
             vm.schedule(node.name)
             vm.launch()
+        web.readdress((InstanceAddress(network="nebula", mac="52:54:00:00:00:01", ipv4="10.213.0.10"),))
         web.boot(datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC))
         web.request_reboot()
         web.mark_rebooted()
@@ -225,6 +228,13 @@ async def seed_everything(store: EventStore, copies: int = 1, *, tag: str = "") 
         n2.mark_up()
         n2.mark_down("heartbeat lost again")
         await rec.save(n2)
+
+        key = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGVd0jO8BfbIgAAh5f4wbyqvHUvZoCZ8mGXrpIsNfXcm alice-{s}"
+        laptop = Keypair(owner=f"user:{alice.id}", name="laptop", public_key=key, fingerprint="SHA256:x")
+        spare = Keypair(owner=f"user:{alice.id}", name="spare", public_key=key, fingerprint="SHA256:x")
+        await rec.save(laptop, spare)
+        spare.delete()
+        await rec.save(spare)
     return rec.seeded
 
 

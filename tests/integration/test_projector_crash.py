@@ -49,7 +49,7 @@ BATCH = 8
 #: shortens that on its own server so that a dozen crashes fit in a few seconds.
 ACK_WAIT = 0.5
 #: Tables whose rows carry `last_seq`: every event writes exactly one row among them.
-AGGREGATE_TABLES = ("projects", "users", "images", "nodes", "instances")
+AGGREGATE_TABLES = ("projects", "users", "images", "nodes", "instances", "keypairs")
 
 
 class Crash(Exception):

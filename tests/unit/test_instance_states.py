@@ -12,7 +12,7 @@ import pytest
 
 from nebula_core.contract import events as ev
 from nebula_core.contract.commands import command_verb
-from nebula_core.contract.types import InstanceState, Resources
+from nebula_core.contract.types import InstanceAddress, InstanceState, Resources
 from nebula_core.domain import AGGREGATES, Instance
 from nebula_core.domain.codec import WIRE_ENVELOPE, Codec
 from nebula_core.domain.states import LIVE, PLACED, REDRIVE, STATE_AFTER, TRANSITIONAL, state_after
@@ -34,10 +34,12 @@ SAMPLES: dict[str, Any] = {
     "user_data_size": 0,
     "user_data_sha256": "0" * 64,
     "metadata_token_hash": "1" * 64,
+    "public_keys": (),
     "node_id": "node-a",
     "reason": "because",
     "from_node_id": "node-a",
     "booted_at": AT,
+    "addresses": (InstanceAddress(network="nebula", mac="52:54:00:00:00:01", ipv4="10.213.0.10"),),
 }
 
 
@@ -84,8 +86,12 @@ def test_every_state_is_reached_by_some_event() -> None:
     assert {s for s in STATE_AFTER.values() if s is not None} == set(get_args(InstanceState))
 
 
-def test_only_updates_and_phone_homes_leave_the_state_as_it_was() -> None:
-    assert {t for t, s in STATE_AFTER.items() if s is None} == {ev.InstanceUpdated, ev.InstanceBooted}
+def test_only_updates_phone_homes_and_addresses_leave_the_state_as_it_was() -> None:
+    assert {t for t, s in STATE_AFTER.items() if s is None} == {
+        ev.InstanceUpdated,
+        ev.InstanceBooted,
+        ev.InstanceAddressesChanged,
+    }
     with pytest.raises(ValueError, match=r"instance\.booted"):
         state_after(ev.InstanceBooted)
 

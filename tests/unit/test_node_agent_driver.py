@@ -10,6 +10,7 @@ import hashlib
 import json
 import subprocess
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 
 from nebula_core.contract.errors import Conflict, NotFound
 from nebula_core.contract.image_sources import ImageSources
-from nebula_core.contract.node import CreateRequest, ImageSpec
+from nebula_core.contract.node import CreateRequest, ImageSpec, guest_mac
 from nebula_core.contract.types import Resources
 from nebula_node.libvirt.domain_xml import (
     GuestDisk,
@@ -32,11 +33,12 @@ from nebula_node.libvirt.domain_xml import (
 )
 from nebula_node.libvirt.driver import LibvirtDriver
 from nebula_node.libvirt.states import DomainEvent
+from nebula_node.network import NetworkPlan
 from nebula_node.sim import simulated_driver, simulated_host_uri
 from tests.support import eventually
 
 GIB = 1 << 30
-SEED = "ds=nocloud-net;s=http://10.0.2.2:8775/nocloud/x/secret-token/"
+TOKEN = "secret-token"
 
 
 def sha256(data: bytes) -> str:
@@ -102,7 +104,7 @@ def request(image: ImageSpec, **changes: object) -> CreateRequest:
         ram_mb=256,
         disk_gb=2,
         image=image,
-        seed=SEED,
+        metadata_token=TOKEN,
     )
     return msgspec.structs.replace(base, **changes)
 
@@ -130,7 +132,9 @@ async def test_a_direct_kernel_guest_boots_cached_files_with_a_blank_data_disk(d
     assert domain.os.kernel == str(cache / manifest["files"]["vmlinuz"]["sha256"])
     assert domain.os.initrd == str(cache / manifest["files"]["initrd.img"]["sha256"])
     assert domain.os.cmdline == "console=ttyS0 quiet"
-    assert domain.sysinfo is not None and domain.sysinfo.system["serial"] == SEED
+    assert domain.sysinfo is not None and domain.sysinfo.system["serial"] == (
+        f"ds=nocloud-net;s=http://10.0.2.2:8775/nocloud/{req.instance_id}/{TOKEN}/"
+    )
     assert (domain.vcpus, domain.memory_mib) == (2, 256)
     [disk] = domain.devices_of(GuestDisk)
     assert disk.source_path == str(tmp_path / "state" / "instances" / str(req.instance_id) / "data.qcow2")
@@ -251,24 +255,41 @@ def _reasons(events: list[DomainEvent], instance_id: uuid.UUID) -> list[str]:
     return [e.reason for e in events if e.instance_id == instance_id]
 
 
-async def test_guests_get_user_mode_networking_or_a_port_on_the_named_network(driver, tiny_image, tmp_path):
+async def test_guests_get_user_mode_networking_or_a_fixed_address_on_the_managed_network(driver, tiny_image, tmp_path):
     req = request(tiny_image)
     await driver.create(req)
     [nic] = (await domain_of(driver, req.instance_id)).devices_of(GuestInterface)
-    assert (nic.type, nic.source_network) == ("user", None)
+    assert (nic.type, nic.source_network, nic.mac) == ("user", None, guest_mac(req.instance_id))
 
     uri = simulated_host_uri(tmp_path / "bridged.xml", Resources(vcpus=8, ram_mb=8192))
     published = ImageSources(roots=(str(tmp_path / "published"),))
-    bridged = LibvirtDriver.for_node(
-        uri, tmp_path / "bridged", node_id="n1", network="default", image_sources=published
-    )
+    plan = NetworkPlan(name="nebula", subnet="10.213.0.0/24", meta_port=8775)
+    bridged = LibvirtDriver.for_node(uri, tmp_path / "bridged", node_id="n1", network=plan, image_sources=published)
     await bridged.open()
     try:
+        assert (bridged.network.name, bridged.network.gateway) == ("nebula", "10.213.0.1")
+        assert bridged.network.meta_url == "http://10.213.0.1:8775"  # the bridge's address
         await bridged.create(req)
-        [nic] = (await domain_of(bridged, req.instance_id)).devices_of(GuestInterface)
-        assert (nic.type, nic.source_network) == ("network", "default")
+        other = request(tiny_image, instance_id=uuid.uuid4())
+        await bridged.create(other)
+        await bridged.create(req)  # repeated: the same address
+        domain = await domain_of(bridged, req.instance_id)
+        [nic] = domain.devices_of(GuestInterface)
+        assert (nic.type, nic.source_network, nic.mac) == ("network", "nebula", guest_mac(req.instance_id))
+        assert domain.sysinfo is not None and "s=http://10.213.0.1:8775/nocloud/" in domain.sysinfo.system["serial"]
+        hosts = await bridged._run(lambda conn: network_hosts(conn, "nebula"))
+        assert hosts == {guest_mac(req.instance_id): "10.213.0.10", guest_mac(other.instance_id): "10.213.0.11"}
+
+        await bridged.delete(req.instance_id)
+        hosts = await bridged._run(lambda conn: network_hosts(conn, "nebula"))
+        assert hosts == {guest_mac(other.instance_id): "10.213.0.11"}  # its reservation went with it
     finally:
         await bridged.close()
+
+
+def network_hosts(conn, name: str) -> dict[str, str]:
+    root = ET.fromstring(conn.networkLookupByName(name).XMLDesc(0))
+    return {h.get("mac"): h.get("ip") for h in root.iterfind("ip/dhcp/host")}
 
 
 async def test_domains_another_agent_or_a_tool_made_on_the_host_are_never_touched(tmp_path, tiny_image):
